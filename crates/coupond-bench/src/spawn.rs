@@ -1,0 +1,419 @@
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rand::Rng;
+
+use crate::cli::Backend;
+use crate::client::Client;
+
+/// How a spawned server is started; shared by every backend in a sweep.
+#[derive(Debug, Clone)]
+pub struct SpawnConfig {
+    pub bin: PathBuf,
+    pub postgres_admin_url: String,
+    pub server_env: Vec<(String, String)>,
+    pub startup_timeout: Duration,
+}
+
+/// The `coupond` that cargo builds next to this binary, so `cargo build` of the workspace is
+/// all a developer needs before `--spawn`.
+pub fn default_coupond_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating own executable")?;
+    let dir = exe
+        .parent()
+        .context("own executable has no parent directory")?;
+    Ok(dir.join(format!("coupond{}", std::env::consts::EXE_SUFFIX)))
+}
+
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+/// A `coupond serve` child with its own database; stopped by `stop`, or best-effort by `Drop`
+/// when the bench bails out early (error or Ctrl-C).
+pub struct Server {
+    pub backend: Backend,
+    pub base_url: String,
+    pub database_url: String,
+    pub temp_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    pid: u32,
+    bin: PathBuf,
+    server_env: Vec<(String, String)>,
+    pg: Option<PgDatabase>,
+    rss_peak_kib: Arc<AtomicU64>,
+    sampler: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(backend: Backend, cfg: &SpawnConfig) -> Result<Server> {
+        if !cfg.bin.is_file() {
+            bail!(
+                "coupond binary not found at {} (build it with `cargo build -p coupond` or pass --coupond-bin)",
+                cfg.bin.display()
+            );
+        }
+        let tag = random_tag();
+        let temp_dir =
+            std::env::temp_dir().join(format!("coupond-bench-{}-{tag}", backend.name()));
+        fs::create_dir_all(&temp_dir)
+            .with_context(|| format!("creating {}", temp_dir.display()))?;
+
+        let (database_url, pg) = match backend {
+            Backend::Sqlite => {
+                let path = temp_dir.join("coupond.db");
+                // An empty file is a valid empty SQLite database; creating it up front means the
+                // server works whether or not it asks its driver to create missing files.
+                File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                (format!("sqlite://{}", path.display()), None)
+            }
+            Backend::Postgres => {
+                let name = format!("coupond_bench_{tag}");
+                psql(
+                    &cfg.postgres_admin_url,
+                    &format!("CREATE DATABASE {name}"),
+                )
+                .await
+                .context("creating the benchmark database (is PostgreSQL running and --postgres-url right?)")?;
+                let url = replace_database(&cfg.postgres_admin_url, &name)?;
+                (
+                    url,
+                    Some(PgDatabase {
+                        admin_url: cfg.postgres_admin_url.clone(),
+                        name,
+                    }),
+                )
+            }
+        };
+
+        let port = free_port()?;
+        let bind = format!("127.0.0.1:{port}");
+        let base_url = format!("http://{bind}");
+        let log_path = temp_dir.join("server.log");
+        let log = File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let log_err = log.try_clone().context("duplicating log handle")?;
+
+        let mut server = Server {
+            backend,
+            base_url,
+            database_url,
+            temp_dir,
+            log_path,
+            child: None,
+            pid: 0,
+            bin: cfg.bin.clone(),
+            server_env: cfg.server_env.clone(),
+            pg,
+            rss_peak_kib: Arc::new(AtomicU64::new(0)),
+            sampler: None,
+        };
+
+        // From here on `server` owns the database and temp dir, so an early return drops it
+        // and its Drop cleans up.
+        let child = Command::new(&cfg.bin)
+            .arg("serve")
+            .arg("--bind")
+            .arg(&bind)
+            .arg("--database-url")
+            .arg(&server.database_url)
+            .envs(cfg.server_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .with_context(|| format!("starting {}", cfg.bin.display()))?;
+        server.pid = child.id();
+        server.child = Some(child);
+
+        server.wait_ready(cfg.startup_timeout).await?;
+        server.sampler = Some(spawn_rss_sampler(server.pid, server.rss_peak_kib.clone()));
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let probe = Client::new(&self.base_url, None, 1, Duration::from_secs(2))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().context("polling server process")? {
+                    bail!(
+                        "coupond exited during startup ({status}); log {}:\n{}",
+                        self.log_path.display(),
+                        log_tail(&self.log_path)
+                    );
+                }
+            }
+            if probe.is_up().await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "coupond did not answer on {} within {:?}; log {}:\n{}",
+                    self.base_url,
+                    timeout,
+                    self.log_path.display(),
+                    log_tail(&self.log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a fresh peak so each run in a sweep reports its own maximum.
+    pub fn reset_rss_peak(&self) {
+        let now = read_rss_kib(self.pid).unwrap_or(0);
+        self.rss_peak_kib.store(now, Ordering::Relaxed);
+    }
+
+    pub fn rss_peak_kib(&self) -> Option<u64> {
+        if let Some(now) = read_rss_kib(self.pid) {
+            self.rss_peak_kib.fetch_max(now, Ordering::Relaxed);
+        }
+        match self.rss_peak_kib.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Bulk-inserts coupons straight into the database via `coupond prefill`.
+    pub async fn prefill(&self, batch_id: i64, count: u64) -> Result<()> {
+        let out = tokio::process::Command::new(&self.bin)
+            .arg("prefill")
+            .arg("--database-url")
+            .arg(&self.database_url)
+            .arg("--batch-id")
+            .arg(batch_id.to_string())
+            .arg("--count")
+            .arg(count.to_string())
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("running {} prefill", self.bin.display()))?;
+        // Keep prefill's output with the server's so one log tells the whole story.
+        if let Ok(mut log) = fs::OpenOptions::new().append(true).open(&self.log_path) {
+            let _ = writeln!(log, "--- coupond prefill --batch-id {batch_id} --count {count}");
+            let _ = log.write_all(&out.stdout);
+            let _ = log.write_all(&out.stderr);
+        }
+        if !out.status.success() {
+            bail!(
+                "coupond prefill failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, a grace period, then SIGKILL; then drops the database. The temp dir (database
+    /// file and log) is removed unless `keep` is set.
+    pub async fn stop(mut self, keep: bool) -> Result<()> {
+        if let Some(s) = self.sampler.take() {
+            s.abort();
+        }
+        let mut result = Ok(());
+        if let Some(mut child) = self.child.take() {
+            terminate(self.pid);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(pg) = self.pg.take() {
+            if let Err(e) = psql(&pg.admin_url, &drop_sql(&pg.name)).await {
+                result = Err(e.context(format!("dropping database {}", pg.name)));
+            }
+        }
+        if !keep {
+            let _ = fs::remove_dir_all(&self.temp_dir);
+        }
+        result
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.sampler.take() {
+            s.abort();
+        }
+        if let Some(mut child) = self.child.take() {
+            terminate(self.pid);
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!(
+                "coupond-bench: stopped {} server; its log is kept in {}",
+                self.backend.name(),
+                self.temp_dir.display()
+            );
+        }
+        if let Some(pg) = self.pg.take() {
+            let _ = Command::new("psql")
+                .arg(&pg.admin_url)
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+                .arg(drop_sql(&pg.name))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn drop_sql(name: &str) -> String {
+    // FORCE (PostgreSQL 13+) because a killed server may leave connections behind.
+    format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+}
+
+fn terminate(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child that has
+        // not been reaped yet, so it cannot have been recycled for another process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+async fn psql(url: &str, sql: &str) -> Result<()> {
+    let out = tokio::process::Command::new("psql")
+        .arg(url)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running psql (is the PostgreSQL client installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "psql -c {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn random_tag() -> String {
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+fn free_port() -> Result<u16> {
+    // The port is free when we look; the tiny window before the server binds it is acceptable
+    // for a bench, and a collision shows up as a startup failure with the log.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr().context("reading bound address")?.port())
+}
+
+/// Swaps the database name in a `postgres://` URL, keeping credentials, host and parameters.
+pub fn replace_database(url: &str, db: &str) -> Result<String> {
+    let scheme_end = url
+        .find("://")
+        .with_context(|| format!("not a URL: {url:?}"))?
+        + 3;
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let query_start = tail.find(['?', '#']).unwrap_or(tail.len());
+    let query = &tail[query_start..];
+    Ok(format!("{}{authority}/{db}{query}", &url[..scheme_end]))
+}
+
+pub fn parse_vmrss_kib(status: &str) -> Option<u64> {
+    status.lines().find_map(|l| {
+        let v = l.strip_prefix("VmRSS:")?;
+        v.split_whitespace().next()?.parse().ok()
+    })
+}
+
+fn read_rss_kib(pid: u32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vmrss_kib(&text)
+}
+
+fn spawn_rss_sampler(pid: u32, peak: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            match read_rss_kib(pid) {
+                Some(kib) => {
+                    peak.fetch_max(kib, Ordering::Relaxed);
+                }
+                None => break,
+            }
+        }
+    })
+}
+
+pub fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(30);
+    lines[start..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_replacement() {
+        let r = |u: &str| replace_database(u, "bench").ok();
+        assert_eq!(
+            r("postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable").as_deref(),
+            Some("postgres://postgres@127.0.0.1:5432/bench?sslmode=disable")
+        );
+        assert_eq!(
+            r("postgresql://u:p%40ss@db.local/app").as_deref(),
+            Some("postgresql://u:p%40ss@db.local/bench")
+        );
+        assert_eq!(
+            r("postgres://localhost:5432").as_deref(),
+            Some("postgres://localhost:5432/bench")
+        );
+        assert_eq!(
+            r("postgres://localhost?host=/run/postgresql").as_deref(),
+            Some("postgres://localhost/bench?host=/run/postgresql")
+        );
+        assert!(replace_database("localhost:5432", "x").is_err());
+    }
+
+    #[test]
+    fn vmrss() {
+        let status = "Name:\tcoupond\nVmPeak:\t  900 kB\nVmRSS:\t   12345 kB\nThreads:\t4\n";
+        assert_eq!(parse_vmrss_kib(status), Some(12345));
+        assert_eq!(parse_vmrss_kib("Name: x\n"), None);
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        assert!(read_rss_kib(std::process::id()).is_some_and(|k| k > 0));
+    }
+}

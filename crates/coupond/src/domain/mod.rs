@@ -1,0 +1,35 @@
+//! The coupon rules: plain types and functions, no database, no HTTP.
+
+pub mod batch;
+pub mod code;
+pub mod coupon;
+pub mod input;
+pub mod rejection;
+
+pub use batch::{Batch, DiscountType, NewBatch};
+pub use coupon::{Coupon, CouponStatus, IssueRequest, ListFilter, RedeemRequest};
+pub use input::FieldErrors;
+pub use rejection::Rejection;
+
+use time::OffsetDateTime;
+
+/// The current time at the precision both databases store (microseconds), so that a
+/// value written and read back compares equal to the one we computed.
+pub fn now() -> OffsetDateTime {
+    truncate_to_micros(OffsetDateTime::now_utc())
+}
+
+pub fn truncate_to_micros(t: OffsetDateTime) -> OffsetDateTime {
+    let micros = t.microsecond();
+    t.replace_nanosecond(micros * 1_000).unwrap_or(t)
+}
+
+/// Microseconds since the Unix epoch, the form SQLite stores timestamps in.
+pub fn to_unix_micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000) as i64
+}
+
+pub fn from_unix_micros(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}

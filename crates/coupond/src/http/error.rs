@@ -1,0 +1,164 @@
+//! The one error type of the HTTP layer. Everything a client sees go wrong is turned
+//! into the seed's envelope: `{"error": {"code": "...", "message": "..."}}`.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use crate::domain::FieldErrors;
+use crate::idempotency::KeyError;
+use crate::storage::StoreError;
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub fields: Option<BTreeMap<String, String>>,
+    pub retry_after_secs: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: Body<'a>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a BTreeMap<String, String>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            fields: None,
+            retry_after_secs: None,
+        }
+    }
+
+    pub fn validation(errors: FieldErrors) -> Self {
+        let message = errors.summary();
+        ApiError {
+            fields: Some(errors.0),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION", message)
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "VALIDATION", message)
+    }
+
+    pub fn not_found() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such resource")
+    }
+
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "this method is not allowed on this resource",
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            format!("the request body must be at most {limit} bytes"),
+        )
+    }
+
+    pub fn body_mismatch() -> Self {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "IDEMPOTENCY_KEY_BODY_MISMATCH",
+            "Idempotency-Key reused with a different request",
+        )
+    }
+
+    pub fn in_progress() -> Self {
+        ApiError {
+            retry_after_secs: Some(1),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "REQUEST_IN_PROGRESS",
+                "a request with this Idempotency-Key is still being processed; try again shortly",
+            )
+        }
+    }
+
+    pub fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error; nothing was stored, the request can be retried",
+        )
+    }
+}
+
+impl From<KeyError> for ApiError {
+    fn from(e: KeyError) -> Self {
+        let code = match e {
+            KeyError::Missing => "IDEMPOTENCY_KEY_REQUIRED",
+            KeyError::Invalid => "IDEMPOTENCY_KEY_INVALID",
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError {
+                retry_after_secs: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "DATABASE_UNAVAILABLE",
+                    "the database is unavailable; nothing was stored, retry later",
+                )
+            }
+        } else {
+            tracing::error!(error = %e, "request failed");
+            ApiError::internal()
+        }
+    }
+}
+
+/// The envelope's bytes, also used for responses that are stored and replayed.
+pub fn envelope_bytes(code: &str, message: &str, fields: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+    let envelope = Envelope {
+        error: Body {
+            code,
+            message,
+            fields,
+        },
+    };
+    serde_json::to_vec(&envelope).unwrap_or_else(|_| b"{\"error\":{\"code\":\"INTERNAL\",\"message\":\"\"}}".to_vec())
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = envelope_bytes(self.code, &self.message, self.fields.as_ref());
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,245 @@
+//! Exactly-once writes: the `Idempotency-Key` rules, the request fingerprint, and the
+//! path every write takes (replay from the stored record, or wait for a duplicate in
+//! flight, or run once).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+
+use crate::storage::{
+    Command, IdempotencyClaim, Render, Store, StoreError, WriteOutcome, WriteRequest,
+};
+
+pub const MAX_KEY_LEN: usize = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("provide an Idempotency-Key header")]
+    Missing,
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    Invalid,
+}
+
+/// Validates a raw header value: 1..=255 visible ASCII characters.
+pub fn parse_key(raw: Option<&[u8]>) -> Result<String, KeyError> {
+    let raw = raw.ok_or(KeyError::Missing)?;
+    if raw.is_empty() {
+        return Err(KeyError::Missing);
+    }
+    if raw.len() > MAX_KEY_LEN || !raw.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(KeyError::Invalid);
+    }
+    String::from_utf8(raw.to_vec()).map_err(|_| KeyError::Invalid)
+}
+
+/// SHA-256 over method, path and the canonical JSON of the body, so key order and
+/// white space do not make two equal requests differ (the seed's `sort_keys` dump).
+pub fn fingerprint(method: &str, path: &str, body: &Value) -> String {
+    let mut canonical = Vec::with_capacity(256);
+    write_canonical(body, &mut canonical);
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(path.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(&canonical);
+    hex::encode(hasher.finalize())
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            // Sorted here rather than trusting the map's order, which a dependency
+            // enabling serde_json's preserve_order would change.
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(&Value::String(k.clone()), out);
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => write_scalar(scalar, out),
+    }
+}
+
+fn write_scalar(value: &Value, out: &mut Vec<u8>) {
+    // Serialising a scalar cannot fail; an empty write would only weaken the hash.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Requests in flight in this process, by (scope, key). A duplicate waits here, without
+/// holding a database connection, until the original is done. Across processes the
+/// database's own locks do the same job.
+#[derive(Clone, Default)]
+pub struct InFlight {
+    running: Arc<Mutex<HashMap<(String, String), watch::Receiver<()>>>>,
+}
+
+/// Held by the request that runs; dropping it wakes the duplicates.
+pub struct InFlightGuard {
+    running: Arc<Mutex<HashMap<(String, String), watch::Receiver<()>>>>,
+    id: (String, String),
+    _done: watch::Sender<()>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.running.lock() {
+            running.remove(&self.id);
+        }
+    }
+}
+
+enum Slot {
+    Run(InFlightGuard),
+    Wait(watch::Receiver<()>),
+}
+
+impl InFlight {
+    fn enter(&self, scope: &str, key: &str) -> Slot {
+        let id = (scope.to_owned(), key.to_owned());
+        let Ok(mut running) = self.running.lock() else {
+            // A poisoned map only loses the in-process wait; the database still keeps
+            // duplicates out.
+            let (done, _) = watch::channel(());
+            return Slot::Run(InFlightGuard {
+                running: self.running.clone(),
+                id,
+                _done: done,
+            });
+        };
+        if let Some(waiting) = running.get(&id) {
+            return Slot::Wait(waiting.clone());
+        }
+        let (done, waiting) = watch::channel(());
+        running.insert(id.clone(), waiting);
+        Slot::Run(InFlightGuard {
+            running: self.running.clone(),
+            id,
+            _done: done,
+        })
+    }
+}
+
+/// The settings the write path needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub ttl: Duration,
+    pub wait: Duration,
+}
+
+/// One write, exactly once per (scope, key).
+pub struct Write {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub command: Command,
+    pub render: Render,
+}
+
+pub async fn run_once(
+    store: &Store,
+    in_flight: &InFlight,
+    policy: Policy,
+    write: Write,
+) -> Result<WriteOutcome, StoreError> {
+    let deadline = tokio::time::Instant::now() + policy.wait;
+    loop {
+        let now = crate::domain::now();
+        // Replays are reads: answer them without touching the writer or any lock.
+        if let Some(record) = store
+            .find_idempotency_record(&write.scope, &write.key)
+            .await?
+        {
+            if let Some(outcome) = record.answer(&write.fingerprint, now) {
+                return Ok(outcome);
+            }
+        }
+        match in_flight.enter(&write.scope, &write.key) {
+            Slot::Wait(mut original) => {
+                // Woken when the original finishes, whatever its outcome; then look
+                // again: a replay if it committed, our turn if it failed.
+                let waited = tokio::time::timeout_at(deadline, original.changed()).await;
+                if waited.is_err() {
+                    return Ok(WriteOutcome::InProgress);
+                }
+            }
+            Slot::Run(guard) => {
+                let request = WriteRequest {
+                    claim: IdempotencyClaim {
+                        scope: write.scope,
+                        key: write.key,
+                        fingerprint: write.fingerprint,
+                        expires_at: now + policy.ttl,
+                    },
+                    command: write.command,
+                    render: write.render,
+                    now,
+                };
+                // Detached, so a client hanging up cannot cancel the transaction
+                // half-way; the guard goes with it and wakes duplicates at the end.
+                let store = store.clone();
+                let task = tokio::spawn(async move {
+                    let outcome = store.execute(request).await;
+                    drop(guard);
+                    outcome
+                });
+                return task.await.unwrap_or(Err(StoreError::WriterGone));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_rules() {
+        assert_eq!(parse_key(None), Err(KeyError::Missing));
+        assert_eq!(parse_key(Some(b"")), Err(KeyError::Missing));
+        assert_eq!(parse_key(Some(b"iss-1")).as_deref(), Ok("iss-1"));
+        assert_eq!(parse_key(Some(b"has space")), Err(KeyError::Invalid));
+        assert_eq!(parse_key(Some("ключ".as_bytes())), Err(KeyError::Invalid));
+        assert_eq!(parse_key(Some(&[b'k'; 255])).map(|k| k.len()), Ok(255));
+        assert_eq!(parse_key(Some(&[b'k'; 256])), Err(KeyError::Invalid));
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_and_spacing() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#)
+            .expect("json");
+        let b: Value =
+            serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).expect("json");
+        assert_eq!(fingerprint("POST", "/p/", &a), fingerprint("POST", "/p/", &b));
+        assert_ne!(
+            fingerprint("POST", "/p/", &a),
+            fingerprint("POST", "/q/", &a)
+        );
+        assert_ne!(
+            fingerprint("POST", "/p/", &json!({"b": 2})),
+            fingerprint("POST", "/p/", &json!({"b": 1}))
+        );
+    }
+}

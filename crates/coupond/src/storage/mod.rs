@@ -1,0 +1,252 @@
+//! Storage: every SQL statement and every transaction lives below this module. One store
+//! per backend; `Store` dispatches to the one the database URL selects.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::domain::{Batch, Coupon, IssueRequest, ListFilter, NewBatch, RedeemRequest, Rejection};
+use crate::faults::Faults;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("the database writer has stopped")]
+    WriterGone,
+    #[error("the transaction could not be committed: {0}")]
+    GroupCommitFailed(String),
+    #[error("no unused coupon code found after several attempts")]
+    CodeSpaceExhausted,
+    #[error("fault injected before commit")]
+    InjectedFault,
+}
+
+impl StoreError {
+    /// Whether the database could not be reached at all, as opposed to a query failing.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::WriterGone | StoreError::GroupCommitFailed(_) => true,
+            StoreError::Database(e) => matches!(
+                e,
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::WorkerCrashed
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// A write the service performs at most once per idempotency key.
+#[derive(Debug, Clone)]
+pub enum Command {
+    CreateBatch(NewBatch),
+    Issue(IssueRequest),
+    Redeem(RedeemRequest),
+}
+
+/// What a command did when it succeeded.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    BatchCreated(Batch),
+    Issued(Coupon),
+    Redeemed(Coupon),
+}
+
+pub type CommandResult = Result<Effect, Rejection>;
+
+/// The response as it goes over the wire, kept byte for byte so a replay is identical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Turns a command's result into the response that is stored with it. The HTTP layer
+/// supplies it, so the store never needs to know the wire format, yet the response is
+/// written in the same transaction as the effect.
+pub type Render = fn(&CommandResult) -> StoredResponse;
+
+#[derive(Debug, Clone)]
+pub struct IdempotencyClaim {
+    pub scope: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub expires_at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    pub claim: IdempotencyClaim,
+    pub command: Command,
+    pub render: Render,
+    pub now: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The command ran now; effect and response committed together.
+    Executed(StoredResponse),
+    /// An earlier request with this key committed; this is its response.
+    Replayed(StoredResponse),
+    /// The key was used before with a different request.
+    FingerprintMismatch,
+    /// Another request with this key is still running and did not finish in time.
+    InProgress,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub response: StoredResponse,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+impl IdempotencyRecord {
+    /// What a new request with this record's key gets, if the record still counts.
+    pub fn answer(&self, fingerprint: &str, now: OffsetDateTime) -> Option<WriteOutcome> {
+        if self.expires_at <= now {
+            None
+        } else if self.fingerprint == fingerprint {
+            Some(WriteOutcome::Replayed(self.response.clone()))
+        } else {
+            Some(WriteOutcome::FingerprintMismatch)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// How long a duplicate waits on the database for an in-flight original.
+    pub idempotency_wait: Duration,
+    pub faults: Arc<Faults>,
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl Store {
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::connect(url, options).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PgStore::connect(url, options).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.migrate().await,
+            Store::Postgres(s) => s.migrate().await,
+        }
+    }
+
+    /// Runs a command at most once for its idempotency key, storing its response in
+    /// the same transaction as its effect.
+    pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.execute(request).await,
+            Store::Postgres(s) => s.execute(request).await,
+        }
+    }
+
+    /// A committed idempotency record, read without taking any write lock.
+    pub async fn find_idempotency_record(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.find_idempotency_record(scope, key).await,
+            Store::Postgres(s) => s.find_idempotency_record(scope, key).await,
+        }
+    }
+
+    pub async fn list_coupons(&self, filter: &ListFilter) -> Result<Vec<Coupon>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_coupons(filter).await,
+            Store::Postgres(s) => s.list_coupons(filter).await,
+        }
+    }
+
+    /// Deletes up to `limit` expired idempotency records; returns how many went.
+    pub async fn purge_idempotency(
+        &self,
+        now: OffsetDateTime,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.purge_idempotency(now, limit).await,
+            Store::Postgres(s) => s.purge_idempotency(now, limit).await,
+        }
+    }
+
+    /// Whether the database answers; for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping().await,
+            Store::Postgres(s) => s.ping().await,
+        }
+    }
+
+    /// Closes connections; pending writes finish first.
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close().await,
+            Store::Postgres(s) => s.close().await,
+        }
+    }
+}
+
+/// How a batch's capacity is split over counter rows, so that concurrent issues of one
+/// batch lock different rows. Shard `i` of `n` gets `total / n`, the first `total % n`
+/// one more.
+pub(crate) fn shard_quotas(total_limit: i64, max_shards: i64) -> Vec<i64> {
+    let n = total_limit.clamp(1, max_shards.max(1));
+    let base = total_limit / n;
+    let extra = total_limit % n;
+    (0..n).map(|i| base + i64::from(i < extra)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_quotas_add_up() {
+        for total in [1, 2, 7, 15, 16, 17, 1000, 1_000_003] {
+            let quotas = shard_quotas(total, 16);
+            assert_eq!(quotas.iter().sum::<i64>(), total);
+            assert!(quotas.iter().all(|q| *q >= 1));
+            assert!(quotas.len() <= 16);
+        }
+    }
+}
