@@ -87,17 +87,19 @@ fn write_scalar(value: &Value, out: &mut Vec<u8>) {
     let _ = serde_json::to_writer(&mut *out, value);
 }
 
+type Running = Arc<Mutex<HashMap<(String, String), watch::Receiver<()>>>>;
+
 /// Requests in flight in this process, by (scope, key). A duplicate waits here, without
 /// holding a database connection, until the original is done. Across processes the
 /// database's own locks do the same job.
 #[derive(Clone, Default)]
 pub struct InFlight {
-    running: Arc<Mutex<HashMap<(String, String), watch::Receiver<()>>>>,
+    running: Running,
 }
 
 /// Held by the request that runs; dropping it wakes the duplicates.
 pub struct InFlightGuard {
-    running: Arc<Mutex<HashMap<(String, String), watch::Receiver<()>>>>,
+    running: Running,
     id: (String, String),
     _done: watch::Sender<()>,
 }
@@ -228,11 +230,13 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_key_order_and_spacing() {
-        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#)
-            .expect("json");
-        let b: Value =
-            serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).expect("json");
-        assert_eq!(fingerprint("POST", "/p/", &a), fingerprint("POST", "/p/", &b));
+        let a: Value =
+            serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).expect("json");
+        let b: Value = serde_json::from_str(r#"{"a":{"x":"s","y":[1,2]},"b":1}"#).expect("json");
+        assert_eq!(
+            fingerprint("POST", "/p/", &a),
+            fingerprint("POST", "/p/", &b)
+        );
         assert_ne!(
             fingerprint("POST", "/p/", &a),
             fingerprint("POST", "/q/", &a)

@@ -78,7 +78,8 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
         Some(s) => match DiscountType::parse(&s) {
             Some(t) => Some(t),
             None => {
-                f.errors.add("discount_type", "must be \"fixed\" or \"percent\"");
+                f.errors
+                    .add("discount_type", "must be \"fixed\" or \"percent\"");
                 None
             }
         },
@@ -91,11 +92,14 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
     }
     match discount_type {
         Some(DiscountType::Fixed) if !f.is_given("amount") => {
-            f.errors.add("amount", "required when discount_type is \"fixed\"");
+            f.errors
+                .add("amount", "required when discount_type is \"fixed\"");
         }
         Some(DiscountType::Percent) if !f.is_given("percent") => {
-            f.errors
-                .add("percent", "required (1..100) when discount_type is \"percent\"");
+            f.errors.add(
+                "percent",
+                "required (1..100) when discount_type is \"percent\"",
+            );
         }
         _ => {}
     }
@@ -105,8 +109,8 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
 
     let errors = f.errors;
     match (name, discount_type, total_limit, expires_at) {
-        (Some(name), Some(discount_type), Some(total_limit), Some(expires_at)) => {
-            errors.into_result(NewBatch {
+        (Some(name), Some(discount_type), Some(total_limit), Some(expires_at)) => errors
+            .into_result(NewBatch {
                 name,
                 discount_type,
                 amount,
@@ -114,8 +118,7 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
                 per_user_limit,
                 total_limit,
                 expires_at,
-            })
-        }
+            }),
         _ => Err(errors),
     }
 }
@@ -177,7 +180,13 @@ mod tests {
             "total_limit": 0,
             "expires_at": "soon"
         }));
-        for field in ["name", "discount_type", "per_user_limit", "total_limit", "expires_at"] {
+        for field in [
+            "name",
+            "discount_type",
+            "per_user_limit",
+            "total_limit",
+            "expires_at",
+        ] {
             assert!(errors.has(field), "{field} missing from {errors:?}");
         }
     }

@@ -14,7 +14,9 @@ pub struct FieldErrors(pub BTreeMap<String, String>);
 
 impl FieldErrors {
     pub fn add(&mut self, field: &str, reason: impl Into<String>) {
-        self.0.entry(field.to_owned()).or_insert_with(|| reason.into());
+        self.0
+            .entry(field.to_owned())
+            .or_insert_with(|| reason.into());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -109,7 +111,8 @@ impl<'a> Fields<'a> {
                 .add(field, format!("must be at most {max_chars} characters"));
             None
         } else if value.chars().any(char::is_control) {
-            self.errors.add(field, "must not contain control characters");
+            self.errors
+                .add(field, "must not contain control characters");
             None
         } else {
             Some(value)
@@ -176,13 +179,16 @@ impl<'a> Fields<'a> {
             Some(Value::String(s)) => match OffsetDateTime::parse(s, &Rfc3339) {
                 Ok(t) => Some(super::truncate_to_micros(t.to_offset(time::UtcOffset::UTC))),
                 Err(_) => {
-                    self.errors
-                        .add(field, "must be an RFC 3339 timestamp, e.g. 2030-01-31T23:59:59Z");
+                    self.errors.add(
+                        field,
+                        "must be an RFC 3339 timestamp, e.g. 2030-01-31T23:59:59Z",
+                    );
                     None
                 }
             },
             Some(_) => {
-                self.errors.add(field, "must be an RFC 3339 timestamp string");
+                self.errors
+                    .add(field, "must be an RFC 3339 timestamp string");
                 None
             }
         }
@@ -215,7 +221,10 @@ mod tests {
         assert_eq!(f.required_id_string("w", 64), None);
         assert_eq!(f.required_id_string("x", 1), None);
         assert_eq!(f.required_id_string("missing", 64), None);
-        assert_eq!(f.errors.0.get("missing").map(String::as_str), Some("required"));
+        assert_eq!(
+            f.errors.0.get("missing").map(String::as_str),
+            Some("required")
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::storage::Command;
 pub const BATCHES_PATH: &str = "/v1/coupon-batches/";
 pub const ISSUE_PATH: &str = "/v1/coupons/issue/";
 pub const REDEEM_PATH: &str = "/v1/coupons/redeem/";
+pub const LIST_PATH: &str = "/v1/coupons/";
 
 pub async fn create_batch(
     State(state): State<AppState>,
@@ -48,8 +49,9 @@ pub async fn list_coupons(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-        .map_err(|_| ApiError::bad_request("the query string could not be decoded"))?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
+            .map_err(|_| ApiError::bad_request("the query string could not be decoded"))?;
     // A repeated parameter counts by its last value, as Django's QueryDict.get does.
     let last = |name: &str| {
         pairs
@@ -58,8 +60,8 @@ pub async fn list_coupons(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let filter = coupon::parse_list_filter(last("user_id"), last("status"))
-        .map_err(ApiError::validation)?;
+    let filter =
+        coupon::parse_list_filter(last("user_id"), last("status")).map_err(ApiError::validation)?;
     let coupons = state.store.list_coupons(&filter).await?;
     let items = coupons.iter().map(CouponView::from).collect();
     Ok(Json(CouponList { items }).into_response())

@@ -68,12 +68,23 @@ impl ApiError {
         )
     }
 
-    pub fn payload_too_large(limit: usize) -> Self {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "PAYLOAD_TOO_LARGE",
-            format!("the request body must be at most {limit} bytes"),
-        )
+    pub fn payload_too_large(limit: Option<usize>) -> Self {
+        let message = match limit {
+            Some(limit) => format!("the request body must be at most {limit} bytes"),
+            None => "the request body is too large".to_owned(),
+        };
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message)
+    }
+
+    pub fn timeout() -> Self {
+        ApiError {
+            retry_after_secs: Some(1),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "REQUEST_TIMEOUT",
+                "the request took too long; retry it with the same Idempotency-Key",
+            )
+        }
     }
 
     pub fn body_mismatch() -> Self {
@@ -134,7 +145,11 @@ impl From<StoreError> for ApiError {
 }
 
 /// The envelope's bytes, also used for responses that are stored and replayed.
-pub fn envelope_bytes(code: &str, message: &str, fields: Option<&BTreeMap<String, String>>) -> Vec<u8> {
+pub fn envelope_bytes(
+    code: &str,
+    message: &str,
+    fields: Option<&BTreeMap<String, String>>,
+) -> Vec<u8> {
     let envelope = Envelope {
         error: Body {
             code,
@@ -142,7 +157,8 @@ pub fn envelope_bytes(code: &str, message: &str, fields: Option<&BTreeMap<String
             fields,
         },
     };
-    serde_json::to_vec(&envelope).unwrap_or_else(|_| b"{\"error\":{\"code\":\"INTERNAL\",\"message\":\"\"}}".to_vec())
+    serde_json::to_vec(&envelope)
+        .unwrap_or_else(|_| b"{\"error\":{\"code\":\"INTERNAL\",\"message\":\"\"}}".to_vec())
 }
 
 impl IntoResponse for ApiError {
@@ -150,7 +166,10 @@ impl IntoResponse for ApiError {
         let body = envelope_bytes(self.code, &self.message, self.fields.as_ref());
         let mut response = (
             self.status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response();

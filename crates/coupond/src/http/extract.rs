@@ -55,13 +55,13 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit as u64) {
-            return Err(ApiError::payload_too_large(limit));
+            return Err(ApiError::payload_too_large(Some(limit)));
         }
         let bytes: Bytes = axum::body::to_bytes(request.into_body(), limit)
             .await
             .map_err(|e| {
                 if is_length_limit(&e) {
-                    ApiError::payload_too_large(limit)
+                    ApiError::payload_too_large(Some(limit))
                 } else {
                     ApiError::bad_request("the request body could not be read")
                 }
@@ -96,7 +96,8 @@ fn is_json(content_type: &[u8]) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 #[cfg(test)]

@@ -2,23 +2,32 @@
 //! the wire and the domain; the rules live in `domain`, the transactions in `storage`.
 
 mod coupons;
+mod envelope;
 mod error;
 mod extract;
 mod render;
 
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{MatchedPath, State};
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use tracing::Span;
 
 pub use error::ApiError;
 
+use crate::config::ServeArgs;
 use crate::idempotency::{self, InFlight, Policy, Write};
 use crate::storage::{Command, Store, WriteOutcome};
 
@@ -33,19 +42,67 @@ pub struct AppState {
     pub body_limit: usize,
 }
 
-pub fn router(state: AppState) -> Router {
+pub fn router(state: AppState, settings: &ServeArgs) -> Router {
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_response)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id))
+        .layer(axum::middleware::from_fn(envelope::ensure_envelope))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::internal().into_response()
+        }))
+        .layer(RequestBodyLimitLayer::new(settings.body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.request_timeout,
+        ));
+
     Router::new()
-        .route("/v1/coupon-batches/", post(coupons::create_batch))
-        .route("/v1/coupons/issue/", post(coupons::issue_coupon))
-        .route("/v1/coupons/redeem/", post(coupons::redeem_coupon))
-        .route("/v1/coupons/", get(coupons::list_coupons))
+        .route(coupons::BATCHES_PATH, post(coupons::create_batch))
+        .route(coupons::ISSUE_PATH, post(coupons::issue_coupon))
+        .route(coupons::REDEEM_PATH, post(coupons::redeem_coupon))
+        .route(coupons::LIST_PATH, get(coupons::list_coupons))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
-        .layer(CatchPanicLayer::custom(|_| ApiError::internal().into_response()))
-        .layer(TraceLayer::new_for_http())
+        .layer(layers)
+}
+
+fn request_span<B>(request: &Request<B>) -> Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route = %route,
+        request_id = %request_id,
+    )
+}
+
+fn log_response(response: &Response, latency: Duration, _span: &Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        "request"
+    );
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -54,12 +111,22 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => Json(json!({"status": "ready", "database": state.store.backend()})).into_response(),
+        Ok(Ok(())) => {
+            Json(json!({"status": "ready", "database": state.store.backend()})).into_response()
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": e.to_string()}))).into_response()
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": e.to_string()})),
+            )
+                .into_response()
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "reason": "database did not answer within 2s"}))).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "reason": "database did not answer within 2s"})),
+        )
+            .into_response(),
     }
 }
 

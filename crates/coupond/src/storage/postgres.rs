@@ -205,9 +205,7 @@ impl PgStore {
         .await;
         let claimed = match claimed {
             Ok(done) => done.rows_affected() == 1,
-            Err(e) if is_lock_timeout(&e) => {
-                return Ok(WriteOutcome::InProgress)
-            }
+            Err(e) if is_lock_timeout(&e) => return Ok(WriteOutcome::InProgress),
             Err(e) => return Err(e.into()),
         };
         if !claimed {
@@ -264,7 +262,9 @@ impl PgStore {
         if let Some(status) = filter.status {
             query.push(" AND status = ").push_bind(status.as_str());
         }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(filter.limit);
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(filter.limit);
         let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&self.pool).await?;
         Ok(rows.into_iter().map(Coupon::from).collect())
     }
@@ -299,7 +299,9 @@ async fn run_command(
     Ok(match command {
         Command::CreateBatch(new) => Ok(Effect::BatchCreated(create_batch(conn, new, now).await?)),
         Command::Issue(request) => issue_coupon(conn, request, now).await?.map(Effect::Issued),
-        Command::Redeem(request) => redeem_coupon(conn, request, now).await?.map(Effect::Redeemed),
+        Command::Redeem(request) => redeem_coupon(conn, request, now)
+            .await?
+            .map(Effect::Redeemed),
     })
 }
 

@@ -36,19 +36,26 @@ const QUEUE_DEPTH: usize = 8192;
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     reads: SqlitePool,
     writer: mpsc::Sender<Job>,
     connect: SqliteConnectOptions,
 }
 
 enum Job {
-    Work(Work),
+    Work(Box<Work>),
     /// Finish what is queued before it, then stop.
     Close(oneshot::Sender<()>),
 }
 
 enum Work {
-    Execute(WriteRequest, oneshot::Sender<Result<WriteOutcome, StoreError>>),
+    Execute(
+        WriteRequest,
+        oneshot::Sender<Result<WriteOutcome, StoreError>>,
+    ),
     Purge {
         now: OffsetDateTime,
         limit: i64,
@@ -62,7 +69,10 @@ enum Done {
         oneshot::Sender<Result<WriteOutcome, StoreError>>,
         Result<WriteOutcome, StoreError>,
     ),
-    Purge(oneshot::Sender<Result<u64, StoreError>>, Result<u64, StoreError>),
+    Purge(
+        oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
 }
 
 impl Done {
@@ -203,24 +213,26 @@ impl SqliteStore {
         let (writer, queue) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run_writer(writer_conn, queue, options.faults));
         Ok(SqliteStore {
-            reads,
-            writer,
-            connect,
+            inner: Arc::new(Inner {
+                reads,
+                writer,
+                connect,
+            }),
         })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
         // A connection of its own: the migrator runs its own transactions, and
         // busy_timeout makes it queue behind the writer rather than fail.
-        let mut conn = SqliteConnection::connect_with(&self.connect).await?;
+        let mut conn = SqliteConnection::connect_with(&self.inner.connect).await?;
         sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
         conn.close().await?;
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reads).await?;
-        if self.writer.is_closed() {
+        sqlx::query("SELECT 1").execute(&self.inner.reads).await?;
+        if self.inner.writer.is_closed() {
             return Err(StoreError::WriterGone);
         }
         Ok(())
@@ -228,10 +240,10 @@ impl SqliteStore {
 
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
-        if self.writer.send(Job::Close(reply)).await.is_ok() {
+        if self.inner.writer.send(Job::Close(reply)).await.is_ok() {
             let _ = done.await;
         }
-        self.reads.close().await;
+        self.inner.reads.close().await;
     }
 
     pub async fn find_idempotency_record(
@@ -242,15 +254,15 @@ impl SqliteStore {
         let row: Option<RecordRow> = sqlx::query_as(RECORD_QUERY)
             .bind(scope)
             .bind(key)
-            .fetch_optional(&self.reads)
+            .fetch_optional(&self.inner.reads)
             .await?;
         Ok(row.map(IdempotencyRecord::from))
     }
 
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(Job::Work(Work::Execute(request, reply)))
+        self.inner.writer
+            .send(Job::Work(Box::new(Work::Execute(request, reply))))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -262,8 +274,8 @@ impl SqliteStore {
         limit: i64,
     ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.writer
-            .send(Job::Work(Work::Purge { now, limit, reply }))
+        self.inner.writer
+            .send(Job::Work(Box::new(Work::Purge { now, limit, reply })))
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -283,8 +295,10 @@ impl SqliteStore {
         if let Some(status) = filter.status {
             query.push(" AND status = ").push_bind(status.as_str());
         }
-        query.push(" ORDER BY id DESC LIMIT ").push_bind(filter.limit);
-        let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&self.reads).await?;
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(filter.limit);
+        let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&self.inner.reads).await?;
         Ok(rows.into_iter().map(Coupon::from).collect())
     }
 }
@@ -303,7 +317,7 @@ async fn run_writer(
         let mut next = Some(first);
         while let Some(job) = next.take() {
             match job {
-                Job::Work(work) => group.push(work),
+                Job::Work(work) => group.push(*work),
                 Job::Close(reply) => {
                     closing = Some(reply);
                     break;
@@ -380,7 +394,11 @@ async fn run_in_savepoint(conn: &mut SqliteConnection, work: Work, faults: &Faul
     done
 }
 
-async fn purge(conn: &mut SqliteConnection, now: OffsetDateTime, limit: i64) -> Result<u64, StoreError> {
+async fn purge(
+    conn: &mut SqliteConnection,
+    now: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, StoreError> {
     let done = sqlx::query(
         "DELETE FROM idempotency_records WHERE (scope, key) IN ( \
              SELECT scope, key FROM idempotency_records WHERE expires_at <= ?1 LIMIT ?2)",
@@ -453,7 +471,9 @@ async fn run_command(
     Ok(match command {
         Command::CreateBatch(new) => Ok(Effect::BatchCreated(create_batch(conn, new, now).await?)),
         Command::Issue(request) => issue_coupon(conn, request, now).await?.map(Effect::Issued),
-        Command::Redeem(request) => redeem_coupon(conn, request, now).await?.map(Effect::Redeemed),
+        Command::Redeem(request) => redeem_coupon(conn, request, now)
+            .await?
+            .map(Effect::Redeemed),
     })
 }
 

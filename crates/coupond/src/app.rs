@@ -1,0 +1,201 @@
+//! Wiring: a store, the router and the background tasks, served until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{DatabaseArgs, ServeArgs};
+use crate::faults::Faults;
+use crate::http::{self, AppState};
+use crate::idempotency::{InFlight, Policy};
+use crate::storage::{Store, StoreError, StoreOptions};
+
+/// Expired idempotency records deleted per statement, so a purge never holds locks long.
+pub const PURGE_BATCH: i64 = 1_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Opens the database named by `args` and brings its schema up to date.
+pub async fn open_store(
+    args: &DatabaseArgs,
+    idempotency_wait: Duration,
+    faults: Arc<Faults>,
+) -> Result<Store, StoreError> {
+    let store = Store::connect(
+        &args.database_url,
+        StoreOptions {
+            max_connections: args.db_max_connections,
+            idempotency_wait,
+            faults,
+        },
+    )
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// A server bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+    settings: ServeArgs,
+}
+
+impl Application {
+    /// Connects, migrates and binds. `faults` is for tests; the binary passes the default,
+    /// which never fires.
+    pub async fn build(settings: ServeArgs, faults: Arc<Faults>) -> Result<Self, AppError> {
+        let store = open_store(&settings.database, settings.idempotency_wait, faults).await?;
+        let listener = TcpListener::bind(settings.bind)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: settings.bind,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(AppError::Serve)?;
+        let state = AppState {
+            store,
+            in_flight: InFlight::default(),
+            policy: Policy {
+                ttl: settings.idempotency_ttl,
+                wait: settings.idempotency_wait,
+            },
+            body_limit: settings.body_limit,
+        };
+        Ok(Application {
+            listener,
+            addr,
+            state,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn store(&self) -> Store {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then lets requests in flight finish (up to the
+    /// grace period) and closes the database after the last write.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let Application {
+            listener,
+            addr,
+            state,
+            settings,
+        } = self;
+        let store = state.store.clone();
+        let purge = spawn_purger(store.clone(), settings.purge_interval);
+        let router = http::router(state, &settings);
+        tracing::info!(%addr, backend = store.backend(), "coupond listening");
+
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing requests in flight");
+            let _ = stopping_tx.send(());
+        });
+        let serve = tokio::spawn(async move { serve.await });
+        let grace = settings.shutdown_grace;
+        let result = tokio::select! {
+            done = serve => done.map_err(|e| AppError::Serve(std::io::Error::other(e)))?.map_err(AppError::Serve),
+            () = async move {
+                if stopping_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(?grace, "requests still in flight after the grace period; closing anyway");
+                Ok(())
+            }
+        };
+        purge.abort();
+        // Writes are detached from their requests, so closing waits for the writer to
+        // drain: every accepted write commits or rolls back before the process exits.
+        store.close().await;
+        tracing::info!("coupond stopped");
+        result
+    }
+}
+
+fn spawn_purger(store: Store, every: Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every.max(Duration::from_millis(10)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match purge_expired(&store).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired idempotency records purged"),
+                Err(e) => tracing::warn!(error = %e, "purging idempotency records failed"),
+            }
+        }
+    })
+}
+
+/// Deletes every record expired by now, a batch at a time.
+pub async fn purge_expired(store: &Store) -> Result<u64, StoreError> {
+    purge_older_than(store, crate::domain::now()).await
+}
+
+/// Deletes every record whose expiry is at or before `cutoff`, a batch at a time.
+pub async fn purge_older_than(
+    store: &Store,
+    cutoff: time::OffsetDateTime,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let n = store.purge_idempotency(cutoff, PURGE_BATCH).await?;
+        total += n;
+        if n < PURGE_BATCH as u64 {
+            return Ok(total);
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
