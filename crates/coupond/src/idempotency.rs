@@ -159,6 +159,11 @@ pub struct Write {
     pub render: Render,
 }
 
+/// Runs `write` unless a request with its key has already run: the store replays a
+/// committed record (a plain read, no lock), and a duplicate that arrives while the
+/// original is still in flight in this process waits here, without holding a database
+/// connection, and then replays the original's answer. Across processes the database's
+/// row lock on the claimed key does the same job.
 pub async fn run_once(
     store: &Store,
     in_flight: &InFlight,
@@ -167,19 +172,9 @@ pub async fn run_once(
 ) -> Result<WriteOutcome, StoreError> {
     let deadline = tokio::time::Instant::now() + policy.wait;
     loop {
-        let now = crate::domain::now();
-        // Replays are reads: answer them without touching the writer or any lock.
-        if let Some(record) = store
-            .find_idempotency_record(&write.scope, &write.key)
-            .await?
-        {
-            if let Some(outcome) = record.answer(&write.fingerprint, now) {
-                return Ok(outcome);
-            }
-        }
         match in_flight.enter(&write.scope, &write.key) {
             Slot::Wait(mut original) => {
-                // Woken when the original finishes, whatever its outcome; then look
+                // Woken when the original finishes, whatever its outcome; then go
                 // again: a replay if it committed, our turn if it failed.
                 let waited = tokio::time::timeout_at(deadline, original.changed()).await;
                 if waited.is_err() {
@@ -187,6 +182,7 @@ pub async fn run_once(
                 }
             }
             Slot::Run(guard) => {
+                let now = crate::domain::now();
                 let request = WriteRequest {
                     claim: IdempotencyClaim {
                         scope: write.scope,

@@ -79,7 +79,11 @@ pub struct RedeemRequest {
 
 pub fn parse_redeem(body: &Value) -> Result<RedeemRequest, FieldErrors> {
     let mut f = Fields::new(body);
-    let code = f.required_string("code", MAX_CODE_LENGTH);
+    // Codes are handed out in upper case; matching ignores case so that a code typed
+    // in by hand still works.
+    let code = f
+        .required_string("code", MAX_CODE_LENGTH)
+        .map(|c| c.trim().to_ascii_uppercase());
     let order_id = f.required_id_string("order_id", MAX_ORDER_ID_CHARS);
     let user_id = f.required_id_string("user_id", MAX_USER_ID_CHARS);
     match (code, order_id, user_id) {
@@ -110,7 +114,44 @@ pub fn check_redeemable(
     }
 }
 
+/// What issuing can answer besides a coupon, in the order the rules are checked.
+pub const ISSUE_REJECTIONS: &[Rejection] = &[
+    Rejection::BatchNotFound,
+    Rejection::BatchExpired,
+    Rejection::PerUserLimitReached,
+    Rejection::BatchLimitReached,
+];
+
+/// What redeeming can answer besides the redeemed coupon, in the order checked.
+pub const REDEEM_REJECTIONS: &[Rejection] = &[
+    Rejection::CouponNotFound,
+    Rejection::CouponExpired,
+    Rejection::CouponAlreadyRedeemed,
+];
+
 impl Coupon {
+    /// A coupon as issue creates it.
+    pub fn issued(
+        id: i64,
+        batch_id: i64,
+        code: String,
+        user_id: &str,
+        now: OffsetDateTime,
+    ) -> Coupon {
+        Coupon {
+            id,
+            batch_id,
+            code,
+            status: CouponStatus::Issued,
+            issued_to: Some(user_id.to_owned()),
+            issued_at: Some(now),
+            redeemed_by: None,
+            redeemed_at: None,
+            order_id: None,
+            created_at: now,
+        }
+    }
+
     pub fn redeem(&mut self, request: &RedeemRequest, now: OffsetDateTime) {
         self.status = CouponStatus::Redeemed;
         self.redeemed_by = Some(request.user_id.clone());

@@ -31,6 +31,8 @@ pub enum StoreError {
     CodeSpaceExhausted,
     #[error("fault injected before commit")]
     InjectedFault,
+    #[error("internal storage error: {0}")]
+    Internal(&'static str),
 }
 
 impl StoreError {

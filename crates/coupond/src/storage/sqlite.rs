@@ -260,8 +260,20 @@ impl SqliteStore {
     }
 
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
+        // Replays are reads: answer them from the read pool, without queueing behind
+        // the writer. The writer looks again before it writes, so this is only a
+        // shortcut, never the decision.
+        let claim = &request.claim;
+        if let Some(outcome) = self
+            .find_idempotency_record(&claim.scope, &claim.key)
+            .await?
+            .and_then(|record| record.answer(&claim.fingerprint, request.now))
+        {
+            return Ok(outcome);
+        }
         let (reply, answer) = oneshot::channel();
-        self.inner.writer
+        self.inner
+            .writer
             .send(Job::Work(Box::new(Work::Execute(request, reply))))
             .await
             .map_err(|_| StoreError::WriterGone)?;
@@ -274,7 +286,8 @@ impl SqliteStore {
         limit: i64,
     ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.writer
+        self.inner
+            .writer
             .send(Job::Work(Box::new(Work::Purge { now, limit, reply })))
             .await
             .map_err(|_| StoreError::WriterGone)?;

@@ -1,6 +1,10 @@
-//! PostgreSQL: many writers at once. Row locks do the serialising: a duplicate request
-//! waits on the uncommitted idempotency row of the original, a user's issues queue on
-//! that user's counter row, and a batch's issues spread over its counter shards.
+//! PostgreSQL: many writers at once, in several processes if need be. Row locks do the
+//! serialising: a duplicate request waits on the uncommitted idempotency row of the
+//! original, a user's issues queue on that user's counter row, and a batch's issues
+//! spread over its counter shards. The hot writes (issue, redeem) are one round trip
+//! each, see `hot`; the rest run as ordinary transactions here.
+
+mod hot;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,12 +17,7 @@ use super::{
     shard_quotas, Command, CommandResult, Effect, IdempotencyRecord, StoreError, StoreOptions,
     StoredResponse, WriteOutcome, WriteRequest,
 };
-use crate::domain::code::{generate_code, MAX_CODE_ATTEMPTS};
-use crate::domain::coupon::check_redeemable;
-use crate::domain::{
-    Batch, Coupon, CouponStatus, DiscountType, IssueRequest, ListFilter, NewBatch, RedeemRequest,
-    Rejection,
-};
+use crate::domain::{Batch, Coupon, CouponStatus, DiscountType, ListFilter, NewBatch};
 use crate::faults::{FaultAction, Faults};
 use std::sync::Arc;
 
@@ -177,6 +176,18 @@ impl PgStore {
     }
 
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
+        match request.command {
+            Command::Issue(_) | Command::Redeem(_) => hot::execute(self, request).await,
+            Command::CreateBatch(_) => self.execute_in_transaction(request).await,
+        }
+    }
+
+    /// The general write path: claim the key, run the command statement by statement,
+    /// store its response, commit. For writes that are not on the hot path.
+    async fn execute_in_transaction(
+        &self,
+        request: WriteRequest,
+    ) -> Result<WriteOutcome, StoreError> {
         let WriteRequest {
             claim,
             command,
@@ -188,23 +199,17 @@ impl PgStore {
         // Claim the key. A live row from a committed request makes this a no-op; an
         // expired one is taken over; an uncommitted one (a request in flight) makes us
         // wait for its transaction, up to lock_timeout.
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_records (scope, key, fingerprint, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (scope, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
-                 response_status = NULL, response_body = NULL, \
-                 created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at \
-             WHERE idempotency_records.expires_at <= EXCLUDED.created_at",
-        )
-        .bind(&claim.scope)
-        .bind(&claim.key)
-        .bind(&claim.fingerprint)
-        .bind(now)
-        .bind(claim.expires_at)
-        .execute(&mut *tx)
-        .await;
+        let claimed: Result<(bool,), _> =
+            sqlx::query_as("SELECT coupond_claim_key($1, $2, $3, $4, $5)")
+                .bind(&claim.scope)
+                .bind(&claim.key)
+                .bind(&claim.fingerprint)
+                .bind(now)
+                .bind(claim.expires_at)
+                .fetch_one(&mut *tx)
+                .await;
         let claimed = match claimed {
-            Ok(done) => done.rows_affected() == 1,
+            Ok((claimed,)) => claimed,
             Err(e) if is_lock_timeout(&e) => return Ok(WriteOutcome::InProgress),
             Err(e) => return Err(e.into()),
         };
@@ -287,7 +292,7 @@ impl PgStore {
     }
 }
 
-fn is_lock_timeout(e: &sqlx::Error) -> bool {
+pub(super) fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
 }
 
@@ -298,10 +303,12 @@ async fn run_command(
 ) -> Result<CommandResult, StoreError> {
     Ok(match command {
         Command::CreateBatch(new) => Ok(Effect::BatchCreated(create_batch(conn, new, now).await?)),
-        Command::Issue(request) => issue_coupon(conn, request, now).await?.map(Effect::Issued),
-        Command::Redeem(request) => redeem_coupon(conn, request, now)
-            .await?
-            .map(Effect::Redeemed),
+        // These take the one-round-trip path in `hot` and never reach here.
+        Command::Issue(_) | Command::Redeem(_) => {
+            return Err(StoreError::Internal(
+                "hot command on the general write path",
+            ))
+        }
     })
 }
 
@@ -337,135 +344,4 @@ async fn create_batch(
     .execute(&mut *conn)
     .await?;
     Ok(row.into())
-}
-
-async fn issue_coupon(
-    conn: &mut PgConnection,
-    request: IssueRequest,
-    now: OffsetDateTime,
-) -> Result<Result<Coupon, Rejection>, StoreError> {
-    let batch: Option<BatchRow> = sqlx::query_as(&format!(
-        "SELECT {BATCH_COLUMNS} FROM coupon_batches WHERE id = $1"
-    ))
-    .bind(request.batch_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(batch) = batch.map(Batch::from) else {
-        return Ok(Err(Rejection::BatchNotFound));
-    };
-    if let Err(rejection) = batch.check_issuable(now) {
-        return Ok(Err(rejection));
-    }
-
-    // The per-user counter row serialises one user's concurrent issues; different
-    // users never touch the same row.
-    let user_slot: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO user_batch_counters (batch_id, user_id, issued) VALUES ($1, $2, 1) \
-         ON CONFLICT (batch_id, user_id) DO UPDATE SET issued = user_batch_counters.issued + 1 \
-         WHERE user_batch_counters.issued < $3 RETURNING issued",
-    )
-    .bind(batch.id)
-    .bind(&request.user_id)
-    .bind(batch.per_user_limit)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if user_slot.is_none() {
-        return Ok(Err(Rejection::PerUserLimitReached));
-    }
-
-    if !claim_batch_slot(conn, batch.id).await? {
-        // Give the user's slot back: the rejection is stored and committed, the slot
-        // must not be.
-        sqlx::query(
-            "UPDATE user_batch_counters SET issued = issued - 1 \
-             WHERE batch_id = $1 AND user_id = $2",
-        )
-        .bind(batch.id)
-        .bind(&request.user_id)
-        .execute(&mut *conn)
-        .await?;
-        return Ok(Err(Rejection::BatchLimitReached));
-    }
-
-    for _ in 0..MAX_CODE_ATTEMPTS {
-        let row: Option<CouponRow> = sqlx::query_as(&format!(
-            "INSERT INTO coupons (batch_id, code, status, issued_to, issued_at, created_at, \
-                 updated_at) \
-             VALUES ($1, $2, 'issued', $3, $4, $4, $4) \
-             ON CONFLICT (code) DO NOTHING RETURNING {COUPON_COLUMNS}"
-        ))
-        .bind(batch.id)
-        .bind(generate_code())
-        .bind(&request.user_id)
-        .bind(now)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = row {
-            return Ok(Ok(row.into()));
-        }
-    }
-    Err(StoreError::CodeSpaceExhausted)
-}
-
-/// Takes one unit of the batch's capacity. First any shard nobody holds, starting at a
-/// random one; only if every shard with room is locked by a transaction in flight do we
-/// wait, since one of those may yet roll back and leave room.
-async fn claim_batch_slot(conn: &mut PgConnection, batch_id: i64) -> Result<bool, StoreError> {
-    let start = i32::from(rand::random::<u8>());
-    for lock in ["FOR UPDATE SKIP LOCKED", "FOR UPDATE"] {
-        let claimed: Option<(i32,)> = sqlx::query_as(&format!(
-            "UPDATE batch_counter_shards SET issued = issued + 1 \
-             WHERE batch_id = $1 AND shard = ( \
-                 SELECT shard FROM batch_counter_shards \
-                 WHERE batch_id = $1 AND issued < quota \
-                 ORDER BY (shard + $2) % {MAX_SHARDS} LIMIT 1 {lock}) \
-             RETURNING shard"
-        ))
-        .bind(batch_id)
-        .bind(start)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if claimed.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-async fn redeem_coupon(
-    conn: &mut PgConnection,
-    request: RedeemRequest,
-    now: OffsetDateTime,
-) -> Result<Result<Coupon, Rejection>, StoreError> {
-    let row: Option<CouponRow> = sqlx::query_as(&format!(
-        "SELECT {COUPON_COLUMNS} FROM coupons WHERE code = $1 FOR UPDATE"
-    ))
-    .bind(&request.code)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(mut coupon) = row.map(Coupon::from) else {
-        return Ok(Err(Rejection::CouponNotFound));
-    };
-    let batch: BatchRow = sqlx::query_as(&format!(
-        "SELECT {BATCH_COLUMNS} FROM coupon_batches WHERE id = $1"
-    ))
-    .bind(coupon.batch_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    if let Err(rejection) = check_redeemable(&coupon, &batch.into(), now) {
-        return Ok(Err(rejection));
-    }
-    coupon.redeem(&request, now);
-    sqlx::query(
-        "UPDATE coupons SET status = $2, redeemed_by = $3, redeemed_at = $4, order_id = $5, \
-             updated_at = $4 WHERE id = $1",
-    )
-    .bind(coupon.id)
-    .bind(coupon.status.as_str())
-    .bind(&coupon.redeemed_by)
-    .bind(now)
-    .bind(&coupon.order_id)
-    .execute(&mut *conn)
-    .await?;
-    Ok(Ok(coupon))
 }
