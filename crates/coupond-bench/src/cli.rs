@@ -6,6 +6,11 @@ use clap::{Parser, ValueEnum};
 
 /// Used when neither `--requests` nor `--duration` is given, so a run is never unbounded.
 pub const DEFAULT_REQUESTS: u64 = 20_000;
+/// `--smoke`: every scenario, this many requests at this concurrency.
+pub const SMOKE_REQUESTS: u64 = 300;
+pub const SMOKE_CONCURRENCY: usize = 8;
+/// The maintenance database used to create throwaway databases for `--spawn postgres`.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Load generator and invariant checker for servers speaking the coupond API.
 ///
@@ -15,12 +20,21 @@ pub const DEFAULT_REQUESTS: u64 = 20_000;
 #[derive(Debug, Parser)]
 #[command(name = "coupond-bench", version)]
 pub struct Cli {
-    /// Workload to run.
-    #[arg(long, value_enum, default_value_t = Scenario::Issue)]
-    pub scenario: Scenario,
+    /// Workload(s) to run: issue, flash-sale, redeem, replay, list, mixed, or `all`; a
+    /// comma-separated list runs each in turn.
+    #[arg(long, value_delimiter = ',', default_value = "issue", value_parser = parse_scenario)]
+    pub scenario: Vec<ScenarioChoice>,
+
+    /// CI preset: every scenario, 300 requests each at concurrency 8, no progress bars.
+    #[arg(long, conflicts_with_all = ["scenario", "requests", "duration", "concurrency"])]
+    pub smoke: bool,
 
     /// Server to load when not spawning one.
-    #[arg(long, env = "COUPOND_BENCH_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "COUPOND_BENCH_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub base_url: String,
 
     /// Sent as `Authorization: Bearer <key>`.
@@ -39,9 +53,15 @@ pub struct Cli {
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Start every run from a batch that already holds this many coupons.
+    /// Start every run from a batch that already holds this many coupons (issued over HTTP
+    /// before the measured phase, not measured).
     #[arg(long, default_value_t = 0)]
     pub prefill: u64,
+
+    /// Requests in flight during unmeasured setup: --prefill and the coupon pools of the
+    /// redeem, replay, list and mixed scenarios.
+    #[arg(long, default_value_t = 64, value_parser = parse_concurrency)]
+    pub setup_concurrency: usize,
 
     /// flash-sale: the batch's total_limit (default: a tenth of the request count).
     #[arg(long)]
@@ -59,16 +79,18 @@ pub struct Cli {
     #[arg(long)]
     pub coupond_bin: Option<PathBuf>,
 
-    /// Maintenance connection used to create and drop the throwaway database for --spawn postgres.
+    /// Maintenance connection used to create and drop the throwaway database for --spawn
+    /// postgres. The spawned server connects to its database with `sslmode=disable`.
     #[arg(
         long,
         env = "COUPOND_TEST_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable",
+        default_value = DEFAULT_POSTGRES_URL,
         hide_env_values = true
     )]
     pub postgres_url: String,
 
-    /// Extra environment for the spawned server, KEY=VAL (repeatable).
+    /// Extra environment for the spawned server, KEY=VAL (repeatable). The spawned server logs
+    /// at COUPOND_LOG=warn unless this sets COUPOND_LOG.
     #[arg(long, value_parser = parse_key_val)]
     pub server_env: Vec<(String, String)>,
 
@@ -114,7 +136,23 @@ pub enum Scenario {
     Mixed,
 }
 
+/// One `--scenario` value: a scenario, or `all` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioChoice {
+    All,
+    One(Scenario),
+}
+
 impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Issue,
+        Scenario::FlashSale,
+        Scenario::Redeem,
+        Scenario::Replay,
+        Scenario::List,
+        Scenario::Mixed,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Issue => "issue",
@@ -166,6 +204,34 @@ pub struct Bounds {
 }
 
 impl Cli {
+    /// Applies `--smoke`; call once after parsing.
+    pub fn apply_presets(&mut self) {
+        if self.smoke {
+            self.scenario = vec![ScenarioChoice::All];
+            self.requests = Some(SMOKE_REQUESTS);
+            self.duration = None;
+            self.concurrency = vec![SMOKE_CONCURRENCY];
+            self.quiet = true;
+        }
+    }
+
+    /// The scenarios to run, in order, each once.
+    pub fn scenarios(&self) -> Vec<Scenario> {
+        let mut out = Vec::new();
+        for choice in &self.scenario {
+            let add: &[Scenario] = match choice {
+                ScenarioChoice::All => &Scenario::ALL,
+                ScenarioChoice::One(s) => std::slice::from_ref(s),
+            };
+            for s in add {
+                if !out.contains(s) {
+                    out.push(*s);
+                }
+            }
+        }
+        out
+    }
+
     pub fn bounds(&self) -> Bounds {
         let requests = match (self.requests, self.duration) {
             (None, None) => Some(DEFAULT_REQUESTS),
@@ -190,7 +256,10 @@ impl Cli {
         if self.flash_limit == Some(0) {
             bail!("--flash-limit must be at least 1");
         }
-        if self.scenario == Scenario::Mixed && self.mix.total() == 0 {
+        if self.scenario.is_empty() {
+            bail!("--scenario needs at least one value");
+        }
+        if self.scenarios().contains(&Scenario::Mixed) && self.mix.total() == 0 {
             bail!("--mix needs at least one non-zero weight");
         }
         let mut seen = Vec::new();
@@ -200,10 +269,36 @@ impl Cli {
             }
             seen.push(*b);
         }
-        if !self.base_url.starts_with("http://") && !self.base_url.starts_with("https://") {
-            bail!("--base-url must start with http:// or https://");
+        if self.spawn.is_empty() {
+            if self.base_url.starts_with("https://") {
+                bail!(
+                    "--base-url: https is not supported (this build has no TLS client); \
+                     coupond-bench loads servers on this machine over plain http"
+                );
+            }
+            if !self.base_url.starts_with("http://") {
+                bail!("--base-url must start with http://");
+            }
+        }
+        for (k, _) in &self.server_env {
+            if k.contains('\0') {
+                bail!("--server-env: variable names cannot contain NUL");
+            }
         }
         Ok(())
+    }
+}
+
+fn parse_scenario(s: &str) -> Result<ScenarioChoice> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("all") {
+        return Ok(ScenarioChoice::All);
+    }
+    match <Scenario as ValueEnum>::from_str(s, true) {
+        Ok(sc) => Ok(ScenarioChoice::One(sc)),
+        Err(_) => {
+            bail!("unknown scenario {s:?} (issue, flash-sale, redeem, replay, list, mixed or all)")
+        }
     }
 }
 
@@ -214,6 +309,9 @@ fn parse_concurrency(s: &str) -> Result<usize> {
         .with_context(|| format!("not a number: {s:?}"))?;
     if n == 0 {
         bail!("concurrency must be at least 1");
+    }
+    if n > 100_000 {
+        bail!("concurrency {n} is more than this tool will open connections for (100000)");
     }
     Ok(n)
 }
@@ -240,7 +338,7 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
         other => bail!("unknown duration unit {other:?} in {s:?} (use ms, s, m or h)"),
     };
     let secs = value * secs_per_unit;
-    if !secs.is_finite() || secs < 0.0 || secs > 86_400.0 * 365.0 {
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
         bail!("duration {s:?} out of range");
     }
     Ok(Duration::from_secs_f64(secs))
@@ -371,5 +469,136 @@ mod tests {
         };
         assert_eq!(cli.bounds().requests, Some(DEFAULT_REQUESTS));
         assert!(Cli::try_parse_from(["coupond-bench", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["coupond-bench", "--concurrency", "1,,8"]).is_err());
+        assert!(Cli::try_parse_from(["coupond-bench", "--spawn", "mysql"]).is_err());
+    }
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut all = vec!["coupond-bench"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all) {
+            Ok(mut c) => {
+                c.apply_presets();
+                c
+            }
+            Err(e) => panic!("parse failed for {args:?}: {e}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let cli = parse(&[]);
+        assert_eq!(cli.scenarios(), vec![Scenario::Issue]);
+        assert_eq!(cli.concurrency, vec![8]);
+        assert_eq!(cli.prefill, 0);
+        assert_eq!(cli.setup_concurrency, 64);
+        assert!(cli.spawn.is_empty());
+        if std::env::var_os("COUPOND_TEST_POSTGRES_URL").is_none() {
+            assert_eq!(cli.postgres_url, DEFAULT_POSTGRES_URL);
+        }
+    }
+
+    #[test]
+    fn scenario_lists_and_all() {
+        let cli = parse(&["--scenario", "flash-sale,replay,flash-sale"]);
+        assert_eq!(cli.scenarios(), vec![Scenario::FlashSale, Scenario::Replay]);
+        let cli = parse(&["--scenario", "all"]);
+        assert_eq!(cli.scenarios(), Scenario::ALL.to_vec());
+        let cli = parse(&["--scenario", "Mixed"]);
+        assert_eq!(cli.scenarios(), vec![Scenario::Mixed]);
+        assert!(Cli::try_parse_from(["coupond-bench", "--scenario", "bogus"]).is_err());
+        for s in Scenario::ALL {
+            assert_eq!(parse(&["--scenario", s.name()]).scenarios(), vec![s]);
+        }
+    }
+
+    #[test]
+    fn smoke_preset() {
+        let cli = parse(&["--smoke", "--spawn", "sqlite"]);
+        assert_eq!(cli.scenarios(), Scenario::ALL.to_vec());
+        assert_eq!(cli.bounds().requests, Some(SMOKE_REQUESTS));
+        assert_eq!(cli.concurrency, vec![SMOKE_CONCURRENCY]);
+        assert!(cli.quiet);
+        assert!(cli.validate().is_ok());
+        for clash in [
+            &["--smoke", "--requests", "5"][..],
+            &["--smoke", "--concurrency", "1"],
+            &["--smoke", "--scenario", "issue"],
+            &["--smoke", "--duration", "1s"],
+        ] {
+            let mut args = vec!["coupond-bench"];
+            args.extend_from_slice(clash);
+            assert!(Cli::try_parse_from(args).is_err(), "{clash:?}");
+        }
+    }
+
+    #[test]
+    fn everything_else_parses() {
+        let cli = parse(&[
+            "--scenario",
+            "mixed",
+            "--base-url",
+            "http://127.0.0.1:9/",
+            "--api-key",
+            "sekrit",
+            "--requests",
+            "1000",
+            "--duration",
+            "2m",
+            "--prefill",
+            "1000000",
+            "--setup-concurrency",
+            "128",
+            "--flash-limit",
+            "7",
+            "--mix",
+            "issue=1,list=3",
+            "--coupond-bin",
+            "/opt/coupond",
+            "--postgres-url",
+            "postgres://me@db/admin",
+            "--server-env",
+            "A=1",
+            "--server-env",
+            "B=2",
+            "--json",
+            "--report",
+            "out",
+            "--keep-temp",
+            "-q",
+        ]);
+        assert_eq!(cli.api_key.as_deref(), Some("sekrit"));
+        let b = cli.bounds();
+        assert_eq!(b.requests, Some(1000));
+        assert_eq!(b.duration, Some(Duration::from_secs(120)));
+        assert_eq!(cli.prefill, 1_000_000);
+        assert_eq!(cli.setup_concurrency, 128);
+        assert_eq!(cli.flash_limit, Some(7));
+        assert_eq!(cli.mix.total(), 4);
+        assert_eq!(cli.coupond_bin, Some(PathBuf::from("/opt/coupond")));
+        assert_eq!(cli.postgres_url, "postgres://me@db/admin");
+        assert_eq!(cli.server_env.len(), 2);
+        assert!(cli.json && cli.keep_temp && cli.quiet);
+        assert_eq!(cli.report, Some(PathBuf::from("out")));
+        assert!(cli.validate().is_ok());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(parse(&["--requests", "0"]).validate().is_err());
+        assert!(parse(&["--duration", "0s"]).validate().is_err());
+        assert!(parse(&["--flash-limit", "0"]).validate().is_err());
+        assert!(parse(&["--spawn", "sqlite,sqlite"]).validate().is_err());
+        assert!(parse(&["--scenario", "mixed", "--mix", "issue=0"])
+            .validate()
+            .is_err());
+        // A zero mix only matters when mixed runs.
+        assert!(parse(&["--mix", "issue=0"]).validate().is_ok());
+        assert!(parse(&["--base-url", "https://x"]).validate().is_err());
+        assert!(parse(&["--base-url", "ftp://x"]).validate().is_err());
+        // With --spawn the base URL is not used.
+        assert!(parse(&["--base-url", "https://x", "--spawn", "postgres"])
+            .validate()
+            .is_ok());
     }
 }

@@ -8,6 +8,24 @@ use serde::Deserialize;
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 pub const IDEMPOTENT_REPLAYED: &str = "Idempotent-Replayed";
 
+/// The server answered a setup request with a 5xx: not the bench failing to run but the
+/// server breaking the "no 5xx" invariant, so it is reported (and exits) as a failed check.
+#[derive(Debug)]
+pub struct ServerFault(pub String);
+
+impl std::fmt::Display for ServerFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServerFault {}
+
+/// Whether `e` (or anything it wraps) is a `ServerFault`.
+pub fn is_server_fault(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<ServerFault>().is_some())
+}
+
 /// One HTTP answer, kept raw so replays can be compared byte for byte.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -96,10 +114,6 @@ impl Client {
         })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
-    }
-
     /// Sends one request; `Err` only for transport failures, any HTTP status is an `Answer`.
     pub async fn send(
         &self,
@@ -167,6 +181,13 @@ impl Client {
                 tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
                 continue;
             }
+            if ans.status >= 500 {
+                return Err(anyhow::Error::new(ServerFault(format!(
+                    "POST {path} (Idempotency-Key {key}) answered {}: {}",
+                    ans.status,
+                    ans.body_text()
+                ))));
+            }
             if ans.status != want.as_u16() {
                 bail!(
                     "POST {path} answered {} (wanted {}): {}",
@@ -180,11 +201,11 @@ impl Client {
         bail!("POST {path} stayed REQUEST_IN_PROGRESS")
     }
 
-    /// True once the server answers anything at all on the list endpoint.
+    /// True once `GET /healthz` answers 200.
     pub async fn is_up(&self) -> bool {
-        self.send(Method::GET, "/v1/coupons/", None, None)
+        self.send(Method::GET, "/healthz", None, None)
             .await
-            .is_ok()
+            .is_ok_and(|a| a.status == 200)
     }
 }
 
@@ -206,9 +227,140 @@ mod tests {
     fn labels() {
         assert_eq!(answer(200, r#"{"id":1}"#).label(), "200");
         assert_eq!(
-            answer(409, r#"{"error":{"code":"BATCH_LIMIT_REACHED","message":"x"}}"#).label(),
+            answer(
+                409,
+                r#"{"error":{"code":"BATCH_LIMIT_REACHED","message":"x"}}"#
+            )
+            .label(),
             "409 BATCH_LIMIT_REACHED"
         );
         assert_eq!(answer(502, "bad gateway").label(), "502");
+        // A 2xx body is never read as an error, even if it looks like one.
+        assert_eq!(answer(200, r#"{"error":{"code":"X"}}"#).label(), "200");
+        assert_eq!(answer(404, r#"{"error":{}}"#).label(), "404");
+    }
+
+    #[test]
+    fn server_faults_are_recognised_through_context() {
+        let e = anyhow::Error::new(ServerFault("500".into())).context("creating the batch");
+        assert!(is_server_fault(&e));
+        assert!(!is_server_fault(&anyhow::anyhow!("connection refused")));
+    }
+
+    /// A one-shot HTTP server on loopback: returns what the client sent.
+    async fn one_exchange(response: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("bind: {e}"),
+        };
+        let addr = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => panic!("addr: {e}"),
+        };
+        let task = tokio::spawn(async move {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return String::new();
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = sock.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let _ = sock.write_all(response.as_bytes()).await;
+            let _ = sock.shutdown().await;
+            String::from_utf8_lossy(&buf).to_string()
+        });
+        (format!("http://{addr}"), task)
+    }
+
+    #[tokio::test]
+    async fn sends_auth_key_and_json_and_reads_replay_headers() {
+        let body = r#"{"code":"ABC","status":"issued"}"#;
+        let (base, server) = one_exchange(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nidempotent-replayed: true\r\n\
+             retry-after: 2\r\ncontent-length: 32\r\nconnection: close\r\n\r\n{\"code\":\"ABC\",\"status\":\"issued\"}",
+        )
+        .await;
+        let client = match Client::new(&base, Some("k-123"), 1, Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let ans = client
+            .send(
+                Method::POST,
+                "/v1/coupons/issue/",
+                Some("key-1"),
+                Some(br#"{"batch_id":1,"user_id":"u"}"#),
+            )
+            .await;
+        let ans = match ans {
+            Ok(a) => a,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(ans.status, 200);
+        assert!(ans.replayed);
+        assert_eq!(ans.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(ans.body, body.as_bytes());
+        let request = server.await.unwrap_or_default().to_ascii_lowercase();
+        assert!(
+            request.starts_with("post /v1/coupons/issue/ http/1.1"),
+            "{request}"
+        );
+        assert!(
+            request.contains("authorization: bearer k-123\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("idempotency-key: key-1\r\n"), "{request}");
+        assert!(
+            request.contains("content-type: application/json\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.ends_with(r#"{"batch_id":1,"user_id":"u"}"#),
+            "{request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn setup_5xx_is_a_server_fault() {
+        let (base, _server) = one_exchange(
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+             content-length: 43\r\nconnection: close\r\n\r\n{\"error\":{\"code\":\"INTERNAL\",\"message\":\"x\"}}",
+        )
+        .await;
+        let client = match Client::new(&base, None, 1, Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let r = client
+            .post_expect("/v1/coupon-batches/", "k", b"{}", StatusCode::CREATED)
+            .await;
+        assert!(r.as_ref().is_err_and(is_server_fault), "{:?}", r.err());
+    }
+
+    #[test]
+    fn api_key_must_be_a_header_value() {
+        let c = Client::new("http://127.0.0.1:1/", Some("k"), 1, Duration::from_secs(1));
+        assert!(c.is_ok_and(|c| c.base == "http://127.0.0.1:1"));
+        assert!(Client::new("http://x", Some("bad\nkey"), 1, Duration::from_secs(1)).is_err());
     }
 }

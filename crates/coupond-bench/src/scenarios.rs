@@ -1,3 +1,4 @@
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -12,8 +13,12 @@ use serde_json::json;
 use crate::cli::{Bounds, Mix, Scenario, DEFAULT_REQUESTS};
 use crate::client::{Answer, Client};
 use crate::invariants::{self, BatchLimits, Check, Issued, Observations};
-use crate::spawn::Server;
 use crate::stats::{Stats, Summary};
+
+pub const BATCHES_PATH: &str = "/v1/coupon-batches/";
+pub const ISSUE_PATH: &str = "/v1/coupons/issue/";
+pub const REDEEM_PATH: &str = "/v1/coupons/redeem/";
+pub const LIST_PATH: &str = "/v1/coupons/";
 
 /// Room left in batches that should never run out, on top of what the run can possibly issue.
 const HEADROOM: u64 = 1_000_000_000;
@@ -29,6 +34,8 @@ pub struct RunConfig {
     pub concurrency: usize,
     pub bounds: Bounds,
     pub prefill: u64,
+    /// Requests in flight during unmeasured setup (prefill, pools).
+    pub setup_concurrency: usize,
     pub flash_limit: Option<u64>,
     pub mix: Mix,
     /// Unique per run, so keys and user ids never collide with earlier runs on the same server.
@@ -44,6 +51,16 @@ pub struct RunOutcome {
     pub checks: Vec<Check>,
     pub batches: Vec<BatchLimits>,
     pub notes: Vec<String>,
+    /// Coupons put into the batch before the measured phase, and how fast that went.
+    pub prefill: Option<PrefillReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PrefillReport {
+    pub coupons: u64,
+    pub elapsed_s: f64,
+    pub rate_per_s: f64,
+    pub concurrency: usize,
 }
 
 /// One setup-issued coupon together with the exact exchange, for redeem and replay.
@@ -93,9 +110,18 @@ struct Workload {
     batch_id: i64,
     pool: Vec<PoolEntry>,
     list_users: Vec<String>,
+    /// list: what each user holds, known exactly because nothing changes while measuring.
+    list_expect: HashMap<String, Holdings>,
     mix: Mix,
     /// mixed: issue requests draw users from this many, so some hit per_user_limit.
     mixed_issue_users: u64,
+}
+
+/// A user's coupons by status.
+#[derive(Debug, Clone, Default)]
+struct Holdings {
+    issued: BTreeSet<String>,
+    redeemed: BTreeSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +131,8 @@ struct CouponBody {
     status: Option<String>,
     #[serde(default)]
     issued_to: Option<String>,
+    #[serde(default)]
+    redeemed_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -117,8 +145,8 @@ struct BatchBody {
     id: i64,
 }
 
-pub async fn run(client: &Client, server: Option<&Server>, cfg: &RunConfig) -> Result<RunOutcome> {
-    let setup_conc = cfg.concurrency.clamp(16, 64);
+pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
+    let setup_conc = cfg.setup_concurrency.max(1);
     let requests = cfg.bounds.requests;
     let planned = requests.unwrap_or(DEFAULT_REQUESTS);
     let mut obs = Observations::default();
@@ -137,33 +165,24 @@ pub async fn run(client: &Client, server: Option<&Server>, cfg: &RunConfig) -> R
     };
     let mut batch = create_batch(client, cfg, total_limit, per_user_limit).await?;
 
+    let mut prefill_report = None;
     if cfg.prefill > 0 {
-        match server {
-            Some(s) => {
-                let bar = setup_bar(cfg, "prefill (coupond prefill)", None);
-                s.prefill(batch.id, cfg.prefill).await?;
-                bar.finish_and_clear();
-                batch.external_prefill = cfg.prefill;
-            }
-            None => {
-                let (_, o) = issue_many(
-                    client,
-                    cfg,
-                    batch.id,
-                    "prefill",
-                    cfg.prefill,
-                    setup_conc,
-                    Arc::new({
-                        let tag = cfg.tag.clone();
-                        move |i| format!("pf-{tag}-{i}")
-                    }),
-                    false,
-                )
-                .await
-                .context("prefilling over HTTP")?;
-                obs.merge(o);
-            }
-        }
+        let started = Instant::now();
+        let n = prefill(client, cfg, batch.id, cfg.prefill, setup_conc)
+            .await
+            .context("prefilling the batch over HTTP")?;
+        let secs = started.elapsed().as_secs_f64();
+        batch.external_prefill = n;
+        let rate = if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        notes.push(format!(
+            "prefill: {n} coupons issued over HTTP in {secs:.1} s ({rate:.0}/s at concurrency {setup_conc}), not measured"
+        ));
+        prefill_report = Some(PrefillReport {
+            coupons: n,
+            elapsed_s: secs,
+            rate_per_s: rate,
+            concurrency: setup_conc,
+        });
     }
 
     let mut work = Workload {
@@ -172,6 +191,7 @@ pub async fn run(client: &Client, server: Option<&Server>, cfg: &RunConfig) -> R
         batch_id: batch.id,
         pool: Vec::new(),
         list_users: Vec::new(),
+        list_expect: HashMap::new(),
         mix: cfg.mix,
         mixed_issue_users: 1,
     };
@@ -198,7 +218,7 @@ pub async fn run(client: &Client, server: Option<&Server>, cfg: &RunConfig) -> R
                 limit = limit.min(pool.len() as u64);
                 if requests.is_none() {
                     notes.push(format!(
-                        "redeem: at most {} redemptions (pool size) regardless of --duration",
+                        "at most {} redemptions (the pool size) regardless of --duration",
                         pool.len()
                     ));
                 }
@@ -220,8 +240,18 @@ pub async fn run(client: &Client, server: Option<&Server>, cfg: &RunConfig) -> R
             .await
             .context("issuing coupons for list users")?;
             obs.merge(o);
-            // Half of them redeemed, so the status filter has something to separate.
-            let to_redeem: Vec<PoolEntry> = pool.into_iter().step_by(2).collect();
+            // Every other coupon of each user redeemed, so each user has some of both and
+            // the status filter has something to separate.
+            let mut to_redeem = Vec::new();
+            for (i, entry) in pool.into_iter().enumerate() {
+                let holdings = work.list_expect.entry(entry.user_id.clone()).or_default();
+                if (i as u64 / LIST_USERS) % 2 == 0 {
+                    holdings.redeemed.insert(entry.code.clone());
+                    to_redeem.push(entry);
+                } else {
+                    holdings.issued.insert(entry.code.clone());
+                }
+            }
             obs.merge(redeem_many(client, cfg, to_redeem, setup_conc).await?);
             work.list_users = (0..LIST_USERS)
                 .map(|i| format!("lu-{}-{i}", cfg.tag))
@@ -265,13 +295,13 @@ pub async fn run(client: &Client, server: Option<&Server>, cfg: &RunConfig) -> R
         checks.push(sold_out_check(&batches[0], &obs, &summary));
         let won = summary.answers.get("200").copied().unwrap_or(0);
         notes.push(format!(
-            "flash-sale: {won} of {} requests won a coupon (total_limit {}, {} prefilled)",
+            "{won} of {} requests won a coupon (total_limit {}, {} prefilled)",
             summary.requests, batches[0].total_limit, cfg.prefill
         ));
     }
     if cfg.scenario == Scenario::Redeem && summary.requests < requests.unwrap_or(0) {
         notes.push(format!(
-            "redeem: stopped after {} redemptions",
+            "stopped after {} redemptions (the pool ran out)",
             summary.requests
         ));
     }
@@ -280,6 +310,7 @@ pub async fn run(client: &Client, server: Option<&Server>, cfg: &RunConfig) -> R
         checks,
         batches,
         notes,
+        prefill: prefill_report,
     })
 }
 
@@ -342,7 +373,7 @@ async fn create_batch(
     let bytes = serde_json::to_vec(&body)?;
     let ans = client
         .post_expect(
-            "/v1/coupon-batches/",
+            BATCHES_PATH,
             &format!("bench-{}-batch", cfg.tag),
             &bytes,
             StatusCode::CREATED,
@@ -385,7 +416,7 @@ async fn issue_many(
             let request: Arc<[u8]> =
                 serde_json::to_vec(&json!({"batch_id": batch_id, "user_id": user_id}))?.into();
             let ans = client
-                .post_expect("/v1/coupons/issue/", &key, &request, StatusCode::OK)
+                .post_expect(ISSUE_PATH, &key, &request, StatusCode::OK)
                 .await?;
             let coupon: CouponBody = serde_json::from_slice(&ans.body)
                 .with_context(|| format!("issue answer without code: {}", ans.body_text()))?;
@@ -402,16 +433,47 @@ async fn issue_many(
     .await;
     bar.finish_and_clear();
     let entries = entries?;
-    let mut obs = Observations::default();
-    obs.issued = entries
-        .iter()
-        .map(|e| Issued {
-            batch_id,
-            user_id: e.user_id.clone(),
-            code: e.code.clone(),
-        })
-        .collect();
+    let obs = Observations {
+        issued: entries
+            .iter()
+            .map(|e| Issued {
+                batch_id,
+                user_id: e.user_id.clone(),
+                code: e.code.clone(),
+            })
+            .collect(),
+        ..Observations::default()
+    };
     Ok((entries, obs))
+}
+
+/// Unmeasured bulk issuance that keeps nothing but the count, so a million coupons cost no
+/// memory: each to its own user, so neither limit can refuse them.
+async fn prefill(
+    client: &Client,
+    cfg: &RunConfig,
+    batch_id: i64,
+    count: u64,
+    concurrency: usize,
+) -> Result<u64> {
+    let bar = setup_bar(cfg, "prefill", Some(count));
+    let client = client.clone();
+    let tag = cfg.tag.clone();
+    let done = for_each_concurrent(count, concurrency, bar.clone(), move |i| {
+        let client = client.clone();
+        let key = format!("bench-{tag}-prefill-{i}");
+        let body =
+            serde_json::to_vec(&json!({"batch_id": batch_id, "user_id": format!("pf-{tag}-{i}")}));
+        async move {
+            client
+                .post_expect(ISSUE_PATH, &key, &body?, StatusCode::OK)
+                .await?;
+            Ok(())
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    Ok(done?.len() as u64)
 }
 
 async fn redeem_many(
@@ -441,7 +503,7 @@ async fn redeem_many(
             }))?;
             client
                 .post_expect(
-                    "/v1/coupons/redeem/",
+                    REDEEM_PATH,
                     &format!("bench-{tag}-setup-redeem-{i}"),
                     &body,
                     StatusCode::OK,
@@ -694,7 +756,7 @@ impl Workload {
                 allowed,
             },
             method: Method::POST,
-            path: "/v1/coupons/issue/".into(),
+            path: ISSUE_PATH.into(),
             key: Some(format!("bench-{}-{n}", self.tag)),
             body: Some(body.into()),
         })
@@ -712,7 +774,7 @@ impl Workload {
                 allowed,
             },
             method: Method::POST,
-            path: "/v1/coupons/redeem/".into(),
+            path: REDEEM_PATH.into(),
             key: Some(format!("bench-{}-{n}", self.tag)),
             body: Some(body.into()),
         })
@@ -726,7 +788,7 @@ impl Workload {
         Step {
             op: Op::Replay { idx },
             method: Method::POST,
-            path: "/v1/coupons/issue/".into(),
+            path: ISSUE_PATH.into(),
             key,
             body,
         }
@@ -741,8 +803,8 @@ impl Workload {
             .unwrap_or_default();
         let status = LIST_STATUSES[((h / users) % 3) as usize];
         let path = match status {
-            Some(s) => format!("/v1/coupons/?user_id={user_id}&status={s}"),
-            None => format!("/v1/coupons/?user_id={user_id}"),
+            Some(s) => format!("{LIST_PATH}?user_id={user_id}&status={s}"),
+            None => format!("{LIST_PATH}?user_id={user_id}"),
         };
         Step {
             op: Op::List { user_id, status },
@@ -830,6 +892,9 @@ impl Workload {
                     match serde_json::from_slice::<ListBody>(&ans.body) {
                         Ok(list) => {
                             check_list(user_id, *status, &list, obs);
+                            if let Some(holdings) = self.list_expect.get(user_id) {
+                                check_list_exact(user_id, *status, &list, holdings, obs);
+                            }
                             true
                         }
                         Err(_) => false,
@@ -853,11 +918,14 @@ fn check_list(user_id: &str, status: Option<&str>, list: &ListBody, obs: &mut Ob
         });
     }
     for item in &list.items {
-        if item.issued_to.as_deref() != Some(user_id) {
+        // The seed lists coupons issued to *or* redeemed by the user.
+        if item.issued_to.as_deref() != Some(user_id)
+            && item.redeemed_by.as_deref() != Some(user_id)
+        {
             obs.list_violations.push(|| {
                 format!(
-                    "list for {user_id} returned coupon {} issued to {:?}",
-                    item.code, item.issued_to
+                    "list for {user_id} returned coupon {} issued to {:?}, redeemed by {:?}",
+                    item.code, item.issued_to, item.redeemed_by
                 )
             });
         }
@@ -874,8 +942,53 @@ fn check_list(user_id: &str, status: Option<&str>, list: &ListBody, obs: &mut Ob
     }
 }
 
+/// The answer must hold exactly the coupons the user has with that status (all when no status
+/// filter), when the whole set fits on one page.
+fn check_list_exact(
+    user_id: &str,
+    status: Option<&str>,
+    list: &ListBody,
+    holdings: &Holdings,
+    obs: &mut Observations,
+) {
+    let want: BTreeSet<&str> = match status {
+        Some("issued") => holdings.issued.iter().map(String::as_str).collect(),
+        Some("redeemed") => holdings.redeemed.iter().map(String::as_str).collect(),
+        Some(_) => BTreeSet::new(),
+        None => holdings
+            .issued
+            .iter()
+            .chain(&holdings.redeemed)
+            .map(String::as_str)
+            .collect(),
+    };
+    if want.len() > LIST_PAGE_MAX {
+        return;
+    }
+    let got: BTreeSet<&str> = list.items.iter().map(|i| i.code.as_str()).collect();
+    if got != want || list.items.len() != want.len() {
+        obs.list_violations.push(|| {
+            let missing: Vec<&str> = want.difference(&got).copied().collect();
+            let extra: Vec<&str> = got.difference(&want).copied().collect();
+            format!(
+                "list for {user_id} status={}: {} item(s), want {}; missing {missing:?}, unexpected {extra:?}",
+                status.unwrap_or("*"),
+                list.items.len(),
+                want.len()
+            )
+        });
+    }
+}
+
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
 }
 
 fn setup_bar(cfg: &RunConfig, what: &str, len: Option<u64>) -> ProgressBar {
@@ -884,7 +997,7 @@ fn setup_bar(cfg: &RunConfig, what: &str, len: Option<u64>) -> ProgressBar {
     }
     let bar = match len {
         Some(n) => ProgressBar::new(n).with_style(style(
-            "{prefix} [{elapsed_precise}] {wide_bar:.yellow/blue} {pos}/{len} ({per_sec})",
+            "{prefix} [{elapsed_precise}] {wide_bar:.yellow/blue} {pos}/{len} ({rate}, eta {eta})",
         )),
         None => ProgressBar::new_spinner().with_style(style("{prefix} {spinner} {elapsed}")),
     };
@@ -902,7 +1015,7 @@ fn measure_bar(cfg: &RunConfig, limit: u64, done: Arc<AtomicU64>, started: Insta
     let by_count = cfg.bounds.requests.is_some() && limit != u64::MAX;
     let bar = if by_count {
         ProgressBar::new(limit).with_style(style(
-            "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} ({per_sec}) {msg}",
+            "{prefix} [{elapsed_precise}] {wide_bar:.cyan/blue} {pos}/{len} ({rate}) {msg}",
         ))
     } else {
         let ms = cfg
@@ -954,6 +1067,7 @@ mod tests {
                 code: "C0".into(),
             }],
             list_users: vec!["u-t-pool-0".into()],
+            list_expect: HashMap::new(),
             mix: Mix {
                 issue: 60,
                 redeem: 20,
@@ -1028,9 +1142,24 @@ mod tests {
 
         let mut st = stats();
         let mut obs = Observations::default();
-        w.judge(&s, &answer(200, &w.pool[0].response, true), &mut st, &mut obs);
-        w.judge(&s, &answer(200, br#"{"code":"C9"}"#, true), &mut st, &mut obs);
-        w.judge(&s, &answer(200, &w.pool[0].response, false), &mut st, &mut obs);
+        w.judge(
+            &s,
+            &answer(200, &w.pool[0].response, true),
+            &mut st,
+            &mut obs,
+        );
+        w.judge(
+            &s,
+            &answer(200, br#"{"code":"C9"}"#, true),
+            &mut st,
+            &mut obs,
+        );
+        w.judge(
+            &s,
+            &answer(200, &w.pool[0].response, false),
+            &mut st,
+            &mut obs,
+        );
         assert_eq!(obs.replays_checked, 3);
         assert_eq!(obs.replay_mismatches.count, 2);
         // A replayed answer is not a fresh issuance.
@@ -1045,10 +1174,20 @@ mod tests {
         let mut obs = Observations::default();
         let sold_out = br#"{"error":{"code":"BATCH_LIMIT_REACHED","message":"x"}}"#;
         let per_user = br#"{"error":{"code":"PER_USER_LIMIT_REACHED","message":"x"}}"#;
-        w.judge(&s, &answer(200, br#"{"code":"C1","status":"issued"}"#, false), &mut st, &mut obs);
+        w.judge(
+            &s,
+            &answer(200, br#"{"code":"C1","status":"issued"}"#, false),
+            &mut st,
+            &mut obs,
+        );
         w.judge(&s, &answer(409, sold_out, false), &mut st, &mut obs);
         w.judge(&s, &answer(409, per_user, false), &mut st, &mut obs);
-        w.judge(&s, &answer(200, br#"{"code":"C2"}"#, true), &mut st, &mut obs);
+        w.judge(
+            &s,
+            &answer(200, br#"{"code":"C2"}"#, true),
+            &mut st,
+            &mut obs,
+        );
         assert_eq!(obs.issued.len(), 1);
         assert_eq!(st.unexpected.get("409 PER_USER_LIMIT_REACHED"), Some(&1));
         assert_eq!(st.unexpected.get("200"), Some(&1));
@@ -1076,6 +1215,154 @@ mod tests {
         w.judge(&s, &answer(200, bad, false), &mut st, &mut obs);
         assert_eq!(obs.lists_checked, 2);
         assert_eq!(obs.list_violations.count, 2);
+    }
+
+    #[test]
+    fn list_answers_must_match_what_the_user_holds() {
+        let mut w = workload(Scenario::List);
+        w.list_expect.insert(
+            "u1".into(),
+            Holdings {
+                issued: ["A".to_string(), "B".to_string()].into(),
+                redeemed: ["C".to_string()].into(),
+            },
+        );
+        let list_step = |status: Option<&'static str>| Step {
+            op: Op::List {
+                user_id: "u1".into(),
+                status,
+            },
+            method: Method::GET,
+            path: String::new(),
+            key: None,
+            body: None,
+        };
+        let item = |code: &str, status: &str| {
+            format!(r#"{{"code":"{code}","status":"{status}","issued_to":"u1"}}"#)
+        };
+        let body = |items: &[String]| format!(r#"{{"items":[{}]}}"#, items.join(","));
+        let mut st = stats();
+        let mut obs = Observations::default();
+        let all = body(&[
+            item("C", "redeemed"),
+            item("B", "issued"),
+            item("A", "issued"),
+        ]);
+        let issued = body(&[item("B", "issued"), item("A", "issued")]);
+        let redeemed = body(&[item("C", "redeemed")]);
+        for (status, text) in [
+            (None, &all),
+            (Some("issued"), &issued),
+            (Some("redeemed"), &redeemed),
+        ] {
+            w.judge(
+                &list_step(status),
+                &answer(200, text.as_bytes(), false),
+                &mut st,
+                &mut obs,
+            );
+        }
+        assert_eq!(obs.list_violations.count, 0, "{:?}", obs.list_violations);
+        // A missing coupon, and a duplicated one, are both caught.
+        w.judge(
+            &list_step(Some("issued")),
+            &answer(200, redeemed.as_bytes(), false),
+            &mut st,
+            &mut obs,
+        );
+        let dup = body(&[
+            item("A", "issued"),
+            item("A", "issued"),
+            item("B", "issued"),
+        ]);
+        w.judge(
+            &list_step(Some("issued")),
+            &answer(200, dup.as_bytes(), false),
+            &mut st,
+            &mut obs,
+        );
+        assert_eq!(obs.list_violations.count, 3, "{:?}", obs.list_violations);
+        // A coupon the user redeemed but did not receive belongs in their list.
+        let w2 = workload(Scenario::Mixed);
+        let mut obs2 = Observations::default();
+        let theirs = br#"{"items":[{"code":"Z","status":"redeemed","issued_to":"other","redeemed_by":"u-t-pool-0"}]}"#;
+        let s = Step {
+            op: Op::List {
+                user_id: "u-t-pool-0".into(),
+                status: None,
+            },
+            method: Method::GET,
+            path: String::new(),
+            key: None,
+            body: None,
+        };
+        w2.judge(&s, &answer(200, theirs, false), &mut st, &mut obs2);
+        assert_eq!(obs2.list_violations.count, 0);
+        assert_eq!(st.unexpected.len(), 0);
+    }
+
+    #[test]
+    fn redeem_judgement() {
+        let w = workload(Scenario::Redeem);
+        let s = step(&w, 0);
+        assert_eq!(s.path, REDEEM_PATH);
+        let mut st = stats();
+        let mut obs = Observations::default();
+        w.judge(
+            &s,
+            &answer(200, br#"{"code":"C0","status":"redeemed"}"#, false),
+            &mut st,
+            &mut obs,
+        );
+        // Wrong coupon, still "issued", or a replay: none counts as a fresh redemption.
+        w.judge(
+            &s,
+            &answer(200, br#"{"code":"C9","status":"redeemed"}"#, false),
+            &mut st,
+            &mut obs,
+        );
+        w.judge(
+            &s,
+            &answer(200, br#"{"code":"C0","status":"issued"}"#, false),
+            &mut st,
+            &mut obs,
+        );
+        w.judge(
+            &s,
+            &answer(200, br#"{"code":"C0","status":"redeemed"}"#, true),
+            &mut st,
+            &mut obs,
+        );
+        let again = br#"{"error":{"code":"COUPON_ALREADY_REDEEMED","message":"x"}}"#;
+        w.judge(&s, &answer(409, again, false), &mut st, &mut obs);
+        assert_eq!(obs.redeemed, vec!["C0".to_string()]);
+        assert_eq!(st.unexpected.get("200"), Some(&3));
+        assert_eq!(st.unexpected.get("409 COUPON_ALREADY_REDEEMED"), Some(&1));
+    }
+
+    #[test]
+    fn list_and_mixed_steps_are_well_formed() {
+        let w = workload(Scenario::List);
+        for n in 0..50 {
+            let s = step(&w, n);
+            assert_eq!(s.method, Method::GET);
+            assert!(
+                s.path.starts_with("/v1/coupons/?user_id=u-t-pool-0"),
+                "{}",
+                s.path
+            );
+            assert!(s.key.is_none() && s.body.is_none());
+        }
+        let w = workload(Scenario::Mixed);
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..200 {
+            let s = step(&w, n);
+            seen.insert(s.path.split('?').next().unwrap_or("").to_string());
+            if s.method == Method::POST {
+                assert!(s.key.is_some() && s.body.is_some());
+            }
+        }
+        assert_eq!(seen.len(), 3, "{seen:?}");
     }
 
     #[test]

@@ -1,5 +1,4 @@
 use std::fs::{self, File};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +18,23 @@ pub struct SpawnConfig {
     pub postgres_admin_url: String,
     pub server_env: Vec<(String, String)>,
     pub startup_timeout: Duration,
+    /// How long `stop` waits after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+}
+
+/// The spawned server's log level unless `--server-env COUPOND_LOG=...` says otherwise: at
+/// `info` coupond logs every request, which costs CPU the bench shares and fills the log.
+pub const DEFAULT_SERVER_LOG: &str = "warn";
+
+/// How a spawned server ended.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StopReport {
+    /// The exit status as the OS reported it, e.g. "exit status: 0".
+    pub status: String,
+    pub clean: bool,
+    /// SIGTERM was not enough within the stop timeout.
+    pub killed: bool,
+    pub stop_ms: u64,
 }
 
 /// The `coupond` that cargo builds next to this binary, so `cargo build` of the workspace is
@@ -42,12 +58,15 @@ pub struct Server {
     pub backend: Backend,
     pub base_url: String,
     pub database_url: String,
+    /// What to show of the database: the SQLite file or the PostgreSQL database name.
+    pub database: String,
+    /// Whether the server's database connection is encrypted (never, for a spawned one).
+    pub tls: bool,
     pub temp_dir: PathBuf,
     pub log_path: PathBuf,
     child: Option<Child>,
     pid: u32,
-    bin: PathBuf,
-    server_env: Vec<(String, String)>,
+    stop_timeout: Duration,
     pg: Option<PgDatabase>,
     rss_peak_kib: Arc<AtomicU64>,
     sampler: Option<tokio::task::JoinHandle<()>>,
@@ -62,56 +81,41 @@ impl Server {
             );
         }
         let tag = random_tag();
-        let temp_dir =
-            std::env::temp_dir().join(format!("coupond-bench-{}-{tag}", backend.name()));
+        let temp_dir = std::env::temp_dir().join(format!("coupond-bench-{}-{tag}", backend.name()));
         fs::create_dir_all(&temp_dir)
             .with_context(|| format!("creating {}", temp_dir.display()))?;
 
-        let (database_url, pg) = match backend {
-            Backend::Sqlite => {
-                let path = temp_dir.join("coupond.db");
-                // An empty file is a valid empty SQLite database; creating it up front means the
-                // server works whether or not it asks its driver to create missing files.
-                File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-                (format!("sqlite://{}", path.display()), None)
-            }
-            Backend::Postgres => {
-                let name = format!("coupond_bench_{tag}");
-                psql(
-                    &cfg.postgres_admin_url,
-                    &format!("CREATE DATABASE {name}"),
-                )
-                .await
-                .context("creating the benchmark database (is PostgreSQL running and --postgres-url right?)")?;
-                let url = replace_database(&cfg.postgres_admin_url, &name)?;
-                (
-                    url,
-                    Some(PgDatabase {
-                        admin_url: cfg.postgres_admin_url.clone(),
-                        name,
-                    }),
-                )
+        let prepared = async {
+            let port = free_port()?;
+            let log_path = temp_dir.join("server.log");
+            let log = File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let log_err = log.try_clone().context("duplicating log handle")?;
+            let db = prepare_database(backend, cfg, &temp_dir, &tag).await?;
+            anyhow::Ok((port, log_path, log, log_err, db))
+        }
+        .await;
+        let (port, log_path, log, log_err, (database_url, database, pg)) = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&temp_dir);
+                return Err(e);
             }
         };
-
-        let port = free_port()?;
         let bind = format!("127.0.0.1:{port}");
         let base_url = format!("http://{bind}");
-        let log_path = temp_dir.join("server.log");
-        let log = File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let log_err = log.try_clone().context("duplicating log handle")?;
 
         let mut server = Server {
             backend,
             base_url,
             database_url,
+            database,
+            tls: false,
             temp_dir,
             log_path,
             child: None,
             pid: 0,
-            bin: cfg.bin.clone(),
-            server_env: cfg.server_env.clone(),
+            stop_timeout: cfg.stop_timeout,
             pg,
             rss_peak_kib: Arc::new(AtomicU64::new(0)),
             sampler: None,
@@ -119,12 +123,17 @@ impl Server {
 
         // From here on `server` owns the database and temp dir, so an early return drops it
         // and its Drop cleans up.
-        let child = Command::new(&cfg.bin)
+        let mut command = Command::new(&cfg.bin);
+        command
             .arg("serve")
             .arg("--bind")
             .arg(&bind)
             .arg("--database-url")
-            .arg(&server.database_url)
+            .arg(&server.database_url);
+        if !cfg.server_env.iter().any(|(k, _)| k == "COUPOND_LOG") {
+            command.env("COUPOND_LOG", DEFAULT_SERVER_LOG);
+        }
+        let child = command
             .envs(cfg.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
@@ -184,70 +193,69 @@ impl Server {
         }
     }
 
-    /// Bulk-inserts coupons straight into the database via `coupond prefill`.
-    pub async fn prefill(&self, batch_id: i64, count: u64) -> Result<()> {
-        let out = tokio::process::Command::new(&self.bin)
-            .arg("prefill")
-            .arg("--database-url")
-            .arg(&self.database_url)
-            .arg("--batch-id")
-            .arg(batch_id.to_string())
-            .arg("--count")
-            .arg(count.to_string())
-            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .with_context(|| format!("running {} prefill", self.bin.display()))?;
-        // Keep prefill's output with the server's so one log tells the whole story.
-        if let Ok(mut log) = fs::OpenOptions::new().append(true).open(&self.log_path) {
-            let _ = writeln!(log, "--- coupond prefill --batch-id {batch_id} --count {count}");
-            let _ = log.write_all(&out.stdout);
-            let _ = log.write_all(&out.stderr);
+    /// `Some(status)` once the server process has ended (crashed, or killed by someone else).
+    pub fn exited(&mut self) -> Option<String> {
+        let child = self.child.as_mut()?;
+        match child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            _ => None,
         }
-        if !out.status.success() {
-            bail!(
-                "coupond prefill failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     /// SIGTERM, a grace period, then SIGKILL; then drops the database. The temp dir (database
     /// file and log) is removed unless `keep` is set.
-    pub async fn stop(mut self, keep: bool) -> Result<()> {
+    pub async fn stop(mut self, keep: bool) -> Result<StopReport> {
         if let Some(s) = self.sampler.take() {
             s.abort();
         }
-        let mut result = Ok(());
+        let started = Instant::now();
+        let mut report = StopReport {
+            status: "not running".into(),
+            clean: false,
+            killed: false,
+            stop_ms: 0,
+        };
         if let Some(mut child) = self.child.take() {
             terminate(self.pid);
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + self.stop_timeout;
             loop {
                 match child.try_wait() {
-                    Ok(Some(_)) => break,
+                    Ok(Some(status)) => {
+                        report.status = status.to_string();
+                        report.clean = status.success();
+                        break;
+                    }
                     Ok(None) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     _ => {
+                        report.killed = true;
                         let _ = child.kill();
-                        let _ = child.wait();
+                        report.status = match child.wait() {
+                            Ok(status) => status.to_string(),
+                            Err(e) => format!("unknown ({e})"),
+                        };
                         break;
                     }
                 }
             }
         }
+        report.stop_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let mut result = Ok(());
         if let Some(pg) = self.pg.take() {
             if let Err(e) = psql(&pg.admin_url, &drop_sql(&pg.name)).await {
                 result = Err(e.context(format!("dropping database {}", pg.name)));
             }
         }
-        if !keep {
+        // A server that did not stop cleanly keeps its log for whoever investigates.
+        if !keep && report.clean {
             let _ = fs::remove_dir_all(&self.temp_dir);
         }
-        result
+        result.map(|()| report)
     }
 }
 
@@ -282,6 +290,47 @@ impl Drop for Server {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+    }
+}
+
+/// Creates the server's database: an empty SQLite file in `temp_dir`, or a fresh PostgreSQL
+/// database. Returns the server's URL, what to show of it, and what to drop afterwards.
+async fn prepare_database(
+    backend: Backend,
+    cfg: &SpawnConfig,
+    temp_dir: &Path,
+    tag: &str,
+) -> Result<(String, String, Option<PgDatabase>)> {
+    match backend {
+        Backend::Sqlite => {
+            let path = temp_dir.join("coupond.db");
+            // An empty file is a valid empty SQLite database; creating it up front means the
+            // server works whether or not it asks its driver to create missing files.
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            Ok((
+                format!("sqlite://{}", path.display()),
+                path.display().to_string(),
+                None,
+            ))
+        }
+        Backend::Postgres => {
+            let name = format!("coupond_bench_{tag}");
+            // The server is on this machine; TLS to it would only measure the handshake.
+            let url = with_sslmode_disable(&replace_database(&cfg.postgres_admin_url, &name)?);
+            psql(&cfg.postgres_admin_url, &format!("CREATE DATABASE {name}"))
+                .await
+                .context(
+                    "creating the benchmark database (is PostgreSQL running and --postgres-url right?)",
+                )?;
+            Ok((
+                url,
+                name.clone(),
+                Some(PgDatabase {
+                    admin_url: cfg.postgres_admin_url.clone(),
+                    name,
+                }),
+            ))
         }
     }
 }
@@ -329,6 +378,21 @@ fn free_port() -> Result<u16> {
     // for a bench, and a collision shows up as a startup failure with the log.
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr().context("reading bound address")?.port())
+}
+
+/// Sets `sslmode=disable` on a `postgres://` URL, replacing any sslmode it had.
+pub fn with_sslmode_disable(url: &str) -> String {
+    let (base, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let (path, query) = base.split_once('?').unwrap_or((base, ""));
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("sslmode="))
+        .collect();
+    params.push("sslmode=disable");
+    format!("{path}?{}{fragment}", params.join("&"))
 }
 
 /// Swaps the database name in a `postgres://` URL, keeping credentials, host and parameters.
@@ -403,6 +467,22 @@ mod tests {
             Some("postgres://localhost/bench?host=/run/postgresql")
         );
         assert!(replace_database("localhost:5432", "x").is_err());
+    }
+
+    #[test]
+    fn sslmode_is_forced_off() {
+        assert_eq!(
+            with_sslmode_disable("postgres://postgres@127.0.0.1:5432/b"),
+            "postgres://postgres@127.0.0.1:5432/b?sslmode=disable"
+        );
+        assert_eq!(
+            with_sslmode_disable("postgres://h/b?sslmode=require&application_name=x"),
+            "postgres://h/b?application_name=x&sslmode=disable"
+        );
+        assert_eq!(
+            with_sslmode_disable("postgres://h/b?sslmode=disable"),
+            "postgres://h/b?sslmode=disable"
+        );
     }
 
     #[test]

@@ -201,9 +201,21 @@ mod tests {
         assert_eq!(s.unexpected.len(), 1);
         assert!((s.throughput_rps - 51.5).abs() < 1e-9);
         // 3 significant figures: quantiles are within 0.1% of the exact value.
-        assert!((s.latency_ms.p50 - 49.0).abs() < 1.0, "{}", s.latency_ms.p50);
-        assert!((s.latency_ms.p99 - 99.0).abs() < 1.0, "{}", s.latency_ms.p99);
-        assert!((s.latency_ms.max - 100.0).abs() < 0.2, "{}", s.latency_ms.max);
+        assert!(
+            (s.latency_ms.p50 - 49.0).abs() < 1.0,
+            "{}",
+            s.latency_ms.p50
+        );
+        assert!(
+            (s.latency_ms.p99 - 99.0).abs() < 1.0,
+            "{}",
+            s.latency_ms.p99
+        );
+        assert!(
+            (s.latency_ms.max - 100.0).abs() < 0.2,
+            "{}",
+            s.latency_ms.max
+        );
         assert_eq!(s.error_samples, vec!["connection refused".to_string()]);
     }
 
