@@ -70,6 +70,26 @@ impl Batch {
     }
 }
 
+/// Whether one more coupon may go to a user who holds `held` of this batch's coupons,
+/// when the batch has issued `issued` in all. The seed's order: expiry, then the
+/// user's limit, then the batch's. (PostgreSQL decides the same, in the same order,
+/// inside `coupond_issue`, where the counters are locked.)
+pub fn decide_issue(
+    batch: &Batch,
+    issued: i64,
+    held: i64,
+    now: OffsetDateTime,
+) -> Result<(), Rejection> {
+    batch.check_issuable(now)?;
+    if held >= batch.per_user_limit {
+        return Err(Rejection::PerUserLimitReached);
+    }
+    if issued >= batch.total_limit {
+        return Err(Rejection::BatchLimitReached);
+    }
+    Ok(())
+}
+
 /// The seed's serializer rules, plus what it forgot: limits and amounts of at least 1.
 pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
     let mut f = Fields::new(body);
@@ -205,6 +225,37 @@ mod tests {
         body["discount_type"] = json!("fixed");
         body["amount"] = json!(0);
         assert!(errors_of(body).has("amount"));
+    }
+
+    #[test]
+    fn issue_rules_in_the_seeds_order() {
+        let new = parse_new_batch(&valid()).expect("valid");
+        let batch = Batch {
+            id: 1,
+            name: new.name,
+            discount_type: new.discount_type,
+            amount: new.amount,
+            percent: new.percent,
+            per_user_limit: 2,
+            total_limit: 5,
+            expires_at: new.expires_at,
+            created_at: new.expires_at,
+        };
+        let live = batch.expires_at - time::Duration::seconds(1);
+        assert_eq!(decide_issue(&batch, 0, 0, live), Ok(()));
+        assert_eq!(decide_issue(&batch, 4, 1, live), Ok(()));
+        assert_eq!(
+            decide_issue(&batch, 5, 1, live),
+            Err(Rejection::BatchLimitReached)
+        );
+        assert_eq!(
+            decide_issue(&batch, 5, 2, live),
+            Err(Rejection::PerUserLimitReached)
+        );
+        assert_eq!(
+            decide_issue(&batch, 5, 2, batch.expires_at),
+            Err(Rejection::BatchExpired)
+        );
     }
 
     #[test]
