@@ -21,6 +21,7 @@ use super::{
     IdempotencyRecord, StoreError, StoreOptions, StoredResponse, WriteOutcome, WriteRequest,
 };
 use crate::domain::{from_unix_micros, Coupon, CouponStatus, ListFilter};
+use crate::faults::{FaultAction, Faults};
 use writer::Job;
 
 /// How long a connection waits for SQLite's own file lock (another process writing the
@@ -36,6 +37,7 @@ struct Inner {
     reads: SqlitePool,
     writer: mpsc::Sender<Job>,
     connect: SqliteConnectOptions,
+    faults: Arc<Faults>,
 }
 
 #[derive(FromRow)]
@@ -131,14 +133,43 @@ impl SqliteStore {
             .connect_with(connect.clone())
             .await?;
         let (writer, queue) = mpsc::channel(writer::QUEUE_DEPTH);
-        writer::spawn(writer_conn, queue, options.faults).map_err(|_| StoreError::WriterGone)?;
+        writer::spawn(writer_conn, queue).map_err(|_| StoreError::WriterGone)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 reads,
                 writer,
                 connect,
+                faults: options.faults,
             }),
         })
+    }
+
+    /// Runs `work` on the writer, inside its own savepoint of the next group, and
+    /// answers once that group has committed. An error from `work` undoes its writes.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let job: writer::Work = Box::new(move |conn| {
+            let result = work(conn);
+            let ok = result.is_ok();
+            let reply: writer::Reply = Box::new(move |committed| {
+                let _ = tx.send(match committed {
+                    Ok(()) => result,
+                    Err(why) => Err(StoreError::GroupCommitFailed(why)),
+                });
+            });
+            (ok, reply)
+        });
+        self.inner
+            .writer
+            .send(Job::Work(job))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        // A dropped reply means the writer could not even start the group.
+        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -194,13 +225,19 @@ impl SqliteStore {
         {
             return Ok(outcome);
         }
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .writer
-            .send(Job::Execute(Box::new(request), reply))
-            .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
+        let faults = self.inner.faults.clone();
+        self.write(move |conn| {
+            let key = request.claim.key.clone();
+            let outcome = commands::execute(conn, request)?;
+            match faults.before_commit(&key) {
+                FaultAction::Proceed => {}
+                FaultAction::Fail => return Err(StoreError::InjectedFault),
+                // Holds the writer, and so every write behind this one: tests only.
+                FaultAction::Pause(d) => std::thread::sleep(d),
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     pub async fn purge_idempotency(
@@ -208,17 +245,8 @@ impl SqliteStore {
         cutoff: OffsetDateTime,
         limit: i64,
     ) -> Result<u64, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .writer
-            .send(Job::Purge {
-                cutoff,
-                limit,
-                reply,
-            })
+        self.write(move |conn| commands::purge(conn, cutoff, limit))
             .await
-            .map_err(|_| StoreError::WriterGone)?;
-        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     pub async fn list_coupons(&self, filter: &ListFilter) -> Result<Vec<Coupon>, StoreError> {

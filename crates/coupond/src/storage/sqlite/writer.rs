@@ -9,32 +9,27 @@
 //! is the ceiling of the whole service's write throughput (docs/PERFORMANCE.md).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
-use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::commands;
-use crate::faults::{FaultAction, Faults};
-use crate::storage::{StoreError, WriteOutcome, WriteRequest};
 
 /// Most requests one transaction commits; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
 /// Requests allowed to wait for the writer before callers feel backpressure.
 pub const QUEUE_DEPTH: usize = 8192;
 
+/// Called once the job's group has committed (`Ok`) or failed to (`Err` with why).
+pub type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Work for the writer: run on the write connection inside the job's savepoint, it
+/// says whether it succeeded (on failure the savepoint is rolled back) and how to
+/// answer once the group's fate is known.
+pub type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
 pub enum Job {
-    Execute(
-        Box<WriteRequest>,
-        oneshot::Sender<Result<WriteOutcome, StoreError>>,
-    ),
-    Purge {
-        cutoff: OffsetDateTime,
-        limit: i64,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
-    },
+    Work(Work),
     /// Finish what is queued before it, then stop.
     Close(oneshot::Sender<()>),
 }
@@ -60,18 +55,14 @@ pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite:
 }
 
 /// Starts the writer thread; it ends when every sender is gone or a `Close` arrives.
-pub fn spawn(
-    conn: Connection,
-    queue: mpsc::Receiver<Job>,
-    faults: Arc<Faults>,
-) -> std::io::Result<()> {
+pub fn spawn(conn: Connection, queue: mpsc::Receiver<Job>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("coupond-sqlite-writer".into())
-        .spawn(move || run(conn, queue, &faults))
+        .spawn(move || run(conn, queue))
         .map(drop)
 }
 
-fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, faults: &Faults) {
+fn run(conn: Connection, mut queue: mpsc::Receiver<Job>) {
     let mut closing = None;
     while closing.is_none() {
         let Some(first) = queue.blocking_recv() else {
@@ -82,14 +73,14 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, faults: &Faults) {
         while let Some(job) = next.take() {
             match job {
                 Job::Close(reply) => closing = Some(reply),
-                work => group.push(work),
+                Job::Work(work) => group.push(work),
             }
             if closing.is_none() && group.len() < MAX_GROUP {
                 next = queue.try_recv().ok();
             }
         }
         if !group.is_empty() {
-            commit_group(&conn, group, faults);
+            commit_group(&conn, group);
         }
     }
     drop(conn);
@@ -98,108 +89,37 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, faults: &Faults) {
     }
 }
 
-/// A job's result, held back until its group has committed.
-enum Done {
-    Execute(
-        oneshot::Sender<Result<WriteOutcome, StoreError>>,
-        Result<WriteOutcome, StoreError>,
-    ),
-    Purge(
-        oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
-    ),
-}
-
-impl Done {
-    fn is_ok(&self) -> bool {
-        match self {
-            Done::Execute(_, r) => r.is_ok(),
-            Done::Purge(_, r) => r.is_ok(),
-        }
-    }
-
-    fn send(self) {
-        // A caller that went away no longer needs the answer; its effect stands.
-        match self {
-            Done::Execute(reply, result) => drop(reply.send(result)),
-            Done::Purge(reply, result) => drop(reply.send(result)),
-        }
-    }
-
-    fn fail(self, why: &str) {
-        let error = || StoreError::GroupCommitFailed(why.to_owned());
-        match self {
-            Done::Execute(reply, _) => drop(reply.send(Err(error()))),
-            Done::Purge(reply, _) => drop(reply.send(Err(error()))),
-        }
-    }
-}
-
-fn commit_group(conn: &Connection, group: Vec<Job>, faults: &Faults) {
+fn commit_group(conn: &Connection, group: Vec<Work>) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "sqlite writer could not begin a transaction");
-        let why = e.to_string();
-        for job in group {
-            fail_job(job, &why);
-        }
+        // Dropping the work drops its reply channel: each caller learns that its
+        // write did not happen.
+        drop(group);
         return;
     }
-    let done: Vec<Done> = group
+    let replies: Vec<Reply> = group
         .into_iter()
-        .filter_map(|job| run_in_savepoint(conn, job, faults))
+        .map(|work| run_in_savepoint(conn, work))
         .collect();
     match exec(conn, "COMMIT") {
-        Ok(()) => done.into_iter().for_each(Done::send),
+        Ok(()) => replies.into_iter().for_each(|reply| reply(Ok(()))),
         Err(e) => {
             tracing::error!(error = %e, "sqlite group commit failed");
             let _ = conn.execute_batch("ROLLBACK");
             let why = e.to_string();
-            done.into_iter().for_each(|d| d.fail(&why));
+            replies.into_iter().for_each(|reply| reply(Err(why.clone())));
         }
     }
 }
 
-fn fail_job(job: Job, why: &str) {
-    let error = StoreError::GroupCommitFailed(why.to_owned());
-    match job {
-        Job::Execute(_, reply) => drop(reply.send(Err(error))),
-        Job::Purge { reply, .. } => drop(reply.send(Err(error))),
-        Job::Close(reply) => drop(reply.send(())),
-    }
-}
-
-fn run_in_savepoint(conn: &Connection, job: Job, faults: &Faults) -> Option<Done> {
+fn run_in_savepoint(conn: &Connection, work: Work) -> Reply {
     if let Err(e) = exec(conn, "SAVEPOINT job") {
-        let why = e.to_string();
-        fail_job(job, &why);
-        return None;
+        tracing::error!(error = %e, "sqlite savepoint failed");
+        drop(work);
+        return Box::new(drop);
     }
-    let done = match job {
-        Job::Execute(request, reply) => {
-            let key = request.claim.key.clone();
-            let mut result = commands::execute(conn, *request);
-            if result.is_ok() {
-                match faults.before_commit(&key) {
-                    FaultAction::Proceed => {}
-                    FaultAction::Fail => result = Err(StoreError::InjectedFault),
-                    FaultAction::Pause(d) => std::thread::sleep(d),
-                }
-            }
-            Done::Execute(reply, result)
-        }
-        Job::Purge {
-            cutoff,
-            limit,
-            reply,
-        } => Done::Purge(reply, commands::purge(conn, cutoff, limit)),
-        Job::Close(reply) => {
-            // Close never reaches a group; answer it rather than leave it hanging.
-            let _ = reply.send(());
-            let _ = exec(conn, "RELEASE job");
-            return None;
-        }
-    };
-    if !done.is_ok() {
+    let (ok, reply) = work(conn);
+    if !ok {
         if let Err(e) = exec(conn, "ROLLBACK TO job") {
             tracing::error!(error = %e, "sqlite rollback to savepoint failed");
         }
@@ -207,7 +127,7 @@ fn run_in_savepoint(conn: &Connection, job: Job, faults: &Faults) -> Option<Done
     if let Err(e) = exec(conn, "RELEASE job") {
         tracing::error!(error = %e, "sqlite release savepoint failed");
     }
-    Some(done)
+    reply
 }
 
 /// Runs a statement through the prepared-statement cache: these few run for every job.
