@@ -29,6 +29,33 @@ impl DiscountType {
     }
 }
 
+/// Who may redeem a batch's coupons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedeemPolicy {
+    /// Whoever holds the code (the seed's behaviour).
+    #[default]
+    Anyone,
+    /// Only the user the coupon was issued to.
+    OwnerOnly,
+}
+
+impl RedeemPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedeemPolicy::Anyone => "anyone",
+            RedeemPolicy::OwnerOnly => "owner_only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "anyone" => Some(RedeemPolicy::Anyone),
+            "owner_only" => Some(RedeemPolicy::OwnerOnly),
+            _ => None,
+        }
+    }
+}
+
 /// A batch as a client asked for it, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewBatch {
@@ -39,6 +66,7 @@ pub struct NewBatch {
     pub per_user_limit: i64,
     pub total_limit: i64,
     pub expires_at: OffsetDateTime,
+    pub redeem_policy: RedeemPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +79,7 @@ pub struct Batch {
     pub per_user_limit: i64,
     pub total_limit: i64,
     pub expires_at: OffsetDateTime,
+    pub redeem_policy: RedeemPolicy,
     pub created_at: OffsetDateTime,
 }
 
@@ -126,6 +155,14 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
     let per_user_limit = f.optional_int("per_user_limit", 1).unwrap_or(1);
     let total_limit = f.required_int("total_limit", 1);
     let expires_at = f.required_timestamp("expires_at");
+    let redeem_policy = match f.optional_string("redeem_policy", 16) {
+        None => RedeemPolicy::default(),
+        Some(s) => RedeemPolicy::parse(&s).unwrap_or_else(|| {
+            f.errors
+                .add("redeem_policy", "must be \"anyone\" or \"owner_only\"");
+            RedeemPolicy::default()
+        }),
+    };
 
     let errors = f.errors;
     match (name, discount_type, total_limit, expires_at) {
@@ -138,6 +175,7 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
                 per_user_limit,
                 total_limit,
                 expires_at,
+                redeem_policy,
             }),
         _ => Err(errors),
     }
@@ -239,6 +277,7 @@ mod tests {
             per_user_limit: 2,
             total_limit: 5,
             expires_at: new.expires_at,
+            redeem_policy: new.redeem_policy,
             created_at: new.expires_at,
         };
         let live = batch.expires_at - time::Duration::seconds(1);
@@ -270,6 +309,7 @@ mod tests {
             per_user_limit: batch.per_user_limit,
             total_limit: batch.total_limit,
             expires_at: batch.expires_at,
+            redeem_policy: batch.redeem_policy,
             created_at: batch.expires_at,
         };
         assert_eq!(

@@ -11,11 +11,11 @@ use crate::domain::code::{generate_code, MAX_CODE_ATTEMPTS};
 use crate::domain::coupon::check_redeemable;
 use crate::domain::{
     from_unix_micros, to_unix_micros, Batch, Coupon, CouponStatus, DiscountType, IssueRequest,
-    NewBatch, RedeemRequest, Rejection,
+    NewBatch, RedeemPolicy, RedeemRequest, Rejection,
 };
 use crate::storage::{
-    Command, Effect, IdempotencyClaim, IdempotencyRecord, StoreError, StoredResponse, WriteOutcome,
-    WriteRequest,
+    Command, Effect, IdempotencyClaim, IdempotencyRecord, PurgeBy, StoreError, StoredResponse,
+    WriteOutcome, WriteRequest,
 };
 
 pub fn execute(conn: &Connection, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
@@ -42,12 +42,18 @@ pub fn execute(conn: &Connection, request: WriteRequest) -> Result<WriteOutcome,
     Ok(WriteOutcome::Executed(response))
 }
 
-pub fn purge(conn: &Connection, cutoff: OffsetDateTime, limit: i64) -> Result<u64, StoreError> {
+pub fn purge(
+    conn: &Connection,
+    by: PurgeBy,
+    cutoff: OffsetDateTime,
+    limit: i64,
+) -> Result<u64, StoreError> {
     let deleted = conn
-        .prepare_cached(
-            "DELETE FROM idempotency_records WHERE rowid IN ( \
-                 SELECT rowid FROM idempotency_records WHERE expires_at <= ?1 LIMIT ?2)",
-        )?
+        .prepare_cached(&format!(
+            "DELETE FROM idempotency_records WHERE (scope, key) IN ( \
+                 SELECT scope, key FROM idempotency_records WHERE {} <= ?1 LIMIT ?2)",
+            by.column()
+        ))?
         .execute(params![to_unix_micros(cutoff), limit])?;
     Ok(deleted as u64)
 }
@@ -104,13 +110,14 @@ fn store_record(
 }
 
 const BATCH_COLUMNS: &str = "id, name, discount_type, amount, percent, per_user_limit, \
-                             total_limit, expires_at, created_at, issued";
+                             total_limit, expires_at, created_at, issued, redeem_policy";
 const COUPON_COLUMNS: &str = "id, batch_id, code, status, issued_to, issued_at, redeemed_by, \
                               redeemed_at, order_id, created_at";
 
 /// A batch and how many coupons it has issued so far.
 fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<(Batch, i64)> {
     let discount_type: String = row.get(2)?;
+    let redeem_policy: String = row.get(10)?;
     Ok((
         Batch {
             id: row.get(0)?,
@@ -122,6 +129,8 @@ fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<(Batch, i64)> {
             per_user_limit: row.get(5)?,
             total_limit: row.get(6)?,
             expires_at: from_unix_micros(row.get(7)?),
+            // The CHECK constraint admits only the known values.
+            redeem_policy: RedeemPolicy::parse(&redeem_policy).unwrap_or_default(),
             created_at: from_unix_micros(row.get(8)?),
         },
         row.get(9)?,
@@ -161,8 +170,8 @@ fn create_batch(
     let (batch, _) = conn
         .prepare_cached(&format!(
             "INSERT INTO coupon_batches (name, discount_type, amount, percent, per_user_limit, \
-                 total_limit, expires_at, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING {BATCH_COLUMNS}"
+                 total_limit, expires_at, created_at, redeem_policy) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING {BATCH_COLUMNS}"
         ))?
         .query_row(
             params![
@@ -174,6 +183,7 @@ fn create_batch(
                 new.total_limit,
                 to_unix_micros(new.expires_at),
                 to_unix_micros(now),
+                new.redeem_policy.as_str(),
             ],
             batch_from_row,
         )?;
@@ -247,7 +257,7 @@ fn redeem_coupon(
     };
     let (batch, _) = load_batch(conn, coupon.batch_id)?
         .ok_or(StoreError::Internal("coupon without its batch"))?;
-    if let Err(rejection) = check_redeemable(&coupon, &batch, now) {
+    if let Err(rejection) = check_redeemable(&coupon, &batch, &request.user_id, now) {
         return Ok(Err(rejection));
     }
     coupon.redeem(request, now);

@@ -3,6 +3,7 @@
 //! for a write.
 
 mod commands;
+mod keys;
 mod writer;
 
 use std::path::PathBuf;
@@ -18,7 +19,8 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    IdempotencyRecord, StoreError, StoreOptions, StoredResponse, WriteOutcome, WriteRequest,
+    IdempotencyRecord, PurgeBy, StoreError, StoreOptions, StoredResponse, WriteOutcome,
+    WriteRequest,
 };
 use crate::domain::{from_unix_micros, Coupon, CouponStatus, ListFilter};
 use crate::faults::{FaultAction, Faults};
@@ -242,10 +244,11 @@ impl SqliteStore {
 
     pub async fn purge_idempotency(
         &self,
+        by: PurgeBy,
         cutoff: OffsetDateTime,
         limit: i64,
     ) -> Result<u64, StoreError> {
-        self.write(move |conn| commands::purge(conn, cutoff, limit))
+        self.write(move |conn| commands::purge(conn, by, cutoff, limit))
             .await
     }
 

@@ -14,7 +14,6 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
-
 /// Most requests one transaction commits; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
 /// Requests allowed to wait for the writer before callers feel backpressure.
@@ -107,7 +106,9 @@ fn commit_group(conn: &Connection, group: Vec<Work>) {
             tracing::error!(error = %e, "sqlite group commit failed");
             let _ = conn.execute_batch("ROLLBACK");
             let why = e.to_string();
-            replies.into_iter().for_each(|reply| reply(Err(why.clone())));
+            replies
+                .into_iter()
+                .for_each(|reply| reply(Err(why.clone())));
         }
     }
 }
