@@ -9,10 +9,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::{DatabaseArgs, ServeArgs};
+use crate::domain::apikey::{MAX_KEY_CHARS, MIN_GIVEN_KEY_CHARS};
+use crate::domain::{ApiKey, NewApiKey, Scope};
 use crate::faults::Faults;
 use crate::http::{self, AppState};
 use crate::idempotency::{InFlight, Policy};
-use crate::storage::{Store, StoreError, StoreOptions};
+use crate::keys::Keys;
+use crate::storage::{PurgeBy, Store, StoreError, StoreOptions};
+use crate::throttle::MissThrottle;
 
 /// Expired idempotency records deleted per statement, so a purge never holds locks long.
 pub const PURGE_BATCH: i64 = 1_000;
@@ -28,6 +32,46 @@ pub enum AppError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("COUPOND_BOOTSTRAP_ADMIN_KEY must be {min} to {max} visible ASCII characters")]
+    BadBootstrapKey { min: usize, max: usize },
+}
+
+/// What first start did about API keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Keys existed already; nothing was created.
+    KeysExist,
+    /// The first admin key was created from COUPOND_BOOTSTRAP_ADMIN_KEY.
+    Given(ApiKey),
+    /// The first admin key was generated; this is the only time it can be shown.
+    Generated(ApiKey, String),
+}
+
+/// Creates an admin key if no API key exists at all, so that a fresh installation can
+/// be used at once.
+pub async fn bootstrap_admin_key(
+    store: &Store,
+    given: Option<&str>,
+) -> Result<Bootstrap, AppError> {
+    const NAME: &str = "bootstrap admin";
+    let (key, generated) = match given {
+        Some(secret) => (
+            NewApiKey::given(NAME, Scope::Admin, secret).ok_or(AppError::BadBootstrapKey {
+                min: MIN_GIVEN_KEY_CHARS,
+                max: MAX_KEY_CHARS,
+            })?,
+            false,
+        ),
+        None => (NewApiKey::generate(NAME, Scope::Admin), true),
+    };
+    let secret = key.secret.clone();
+    Ok(
+        match store.bootstrap_api_key(key, crate::domain::now()).await? {
+            None => Bootstrap::KeysExist,
+            Some(created) if generated => Bootstrap::Generated(created, secret),
+            Some(created) => Bootstrap::Given(created),
+        },
+    )
 }
 
 /// Opens the database named by `args` and brings its schema up to date.
@@ -55,6 +99,7 @@ pub struct Application {
     addr: SocketAddr,
     state: AppState,
     settings: ServeArgs,
+    bootstrap: Bootstrap,
 }
 
 impl Application {
@@ -69,8 +114,16 @@ impl Application {
                 source,
             })?;
         let addr = listener.local_addr().map_err(AppError::Serve)?;
+        let bootstrap =
+            bootstrap_admin_key(&store, settings.bootstrap_admin_key.as_deref()).await?;
+        let keys = Keys::load(store.clone()).await?;
         let state = AppState {
             store,
+            keys,
+            throttle: Arc::new(MissThrottle::new(
+                settings.not_found_limit,
+                settings.not_found_window,
+            )),
             in_flight: InFlight::default(),
             policy: Policy {
                 ttl: settings.idempotency_ttl,
@@ -83,6 +136,7 @@ impl Application {
             addr,
             state,
             settings,
+            bootstrap,
         })
     }
 
@@ -92,6 +146,11 @@ impl Application {
 
     pub fn store(&self) -> Store {
         self.state.store.clone()
+    }
+
+    /// Whether this start created the first API key.
+    pub fn bootstrap(&self) -> &Bootstrap {
+        &self.bootstrap
     }
 
     /// Serves until `shutdown` resolves, then lets requests in flight finish (up to the
@@ -105,9 +164,12 @@ impl Application {
             addr,
             state,
             settings,
+            bootstrap: _,
         } = self;
         let store = state.store.clone();
         let purge = spawn_purger(store.clone(), settings.purge_interval);
+        let refresher = state.keys.spawn_refresher();
+        let keys = state.keys.clone();
         let router = http::router(state, &settings);
         tracing::info!(%addr, backend = store.backend(), "coupond listening");
 
@@ -133,6 +195,10 @@ impl Application {
             }
         };
         purge.abort();
+        refresher.abort();
+        if let Err(e) = keys.flush_usage().await {
+            tracing::warn!(error = %e, "recording API key usage failed");
+        }
         // Writes are detached from their requests, so closing waits for the writer to
         // drain: every accepted write commits or rolls back before the process exits.
         store.close().await;
@@ -158,17 +224,27 @@ fn spawn_purger(store: Store, every: Duration) -> JoinHandle<()> {
 
 /// Deletes every record expired by now, a batch at a time.
 pub async fn purge_expired(store: &Store) -> Result<u64, StoreError> {
-    purge_older_than(store, crate::domain::now()).await
+    purge_batches(store, PurgeBy::ExpiresAt, crate::domain::now()).await
 }
 
-/// Deletes every record whose expiry is at or before `cutoff`, a batch at a time.
-pub async fn purge_older_than(
+/// Deletes every record created at or before `cutoff`, expired or not: for operators
+/// who need the space back sooner than the TTL would give it. A key whose record is
+/// deleted this way runs anew if it is retried.
+pub async fn purge_created_before(
     store: &Store,
+    cutoff: time::OffsetDateTime,
+) -> Result<u64, StoreError> {
+    purge_batches(store, PurgeBy::CreatedAt, cutoff).await
+}
+
+async fn purge_batches(
+    store: &Store,
+    by: PurgeBy,
     cutoff: time::OffsetDateTime,
 ) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
-        let n = store.purge_idempotency(cutoff, PURGE_BATCH).await?;
+        let n = store.purge_idempotency(by, cutoff, PURGE_BATCH).await?;
         total += n;
         if n < PURGE_BATCH as u64 {
             return Ok(total);

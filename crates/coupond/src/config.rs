@@ -57,6 +57,20 @@ pub struct ServeArgs {
     #[arg(long, env = "COUPOND_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// On first start (no API key exists yet) the admin key is created with this value
+    /// instead of a random one. For automated set-ups; at least 24 visible characters.
+    #[arg(long, env = "COUPOND_BOOTSTRAP_ADMIN_KEY", hide_env_values = true)]
+    pub bootstrap_admin_key: Option<String>,
+
+    /// COUPON_NOT_FOUND answers one API key may get for one user_id per window before
+    /// that pair is answered 429 RATE_LIMITED; 0 turns the throttle off.
+    #[arg(long, env = "COUPOND_NOT_FOUND_LIMIT", default_value_t = 20)]
+    pub not_found_limit: u32,
+
+    /// The window of --not-found-limit.
+    #[arg(long, env = "COUPOND_NOT_FOUND_WINDOW", default_value = "1m", value_parser = parse_duration)]
+    pub not_found_window: Duration,
+
     #[command(flatten)]
     pub log: LogArgs,
 }

@@ -10,5 +10,7 @@ pub mod domain;
 pub mod faults;
 pub mod http;
 pub mod idempotency;
+pub mod keys;
 pub mod storage;
 pub mod telemetry;
+pub mod throttle;

@@ -29,6 +29,33 @@ impl DiscountType {
     }
 }
 
+/// Who may redeem a batch's coupons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedeemPolicy {
+    /// Whoever holds the code (the seed's behaviour).
+    #[default]
+    Anyone,
+    /// Only the user the coupon was issued to.
+    OwnerOnly,
+}
+
+impl RedeemPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedeemPolicy::Anyone => "anyone",
+            RedeemPolicy::OwnerOnly => "owner_only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "anyone" => Some(RedeemPolicy::Anyone),
+            "owner_only" => Some(RedeemPolicy::OwnerOnly),
+            _ => None,
+        }
+    }
+}
+
 /// A batch as a client asked for it, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewBatch {
@@ -39,6 +66,7 @@ pub struct NewBatch {
     pub per_user_limit: i64,
     pub total_limit: i64,
     pub expires_at: OffsetDateTime,
+    pub redeem_policy: RedeemPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +79,7 @@ pub struct Batch {
     pub per_user_limit: i64,
     pub total_limit: i64,
     pub expires_at: OffsetDateTime,
+    pub redeem_policy: RedeemPolicy,
     pub created_at: OffsetDateTime,
 }
 
@@ -68,6 +97,26 @@ impl Batch {
             Ok(())
         }
     }
+}
+
+/// Whether one more coupon may go to a user who holds `held` of this batch's coupons,
+/// when the batch has issued `issued` in all. The seed's order: expiry, then the
+/// user's limit, then the batch's. (PostgreSQL decides the same, in the same order,
+/// inside `coupond_issue`, where the counters are locked.)
+pub fn decide_issue(
+    batch: &Batch,
+    issued: i64,
+    held: i64,
+    now: OffsetDateTime,
+) -> Result<(), Rejection> {
+    batch.check_issuable(now)?;
+    if held >= batch.per_user_limit {
+        return Err(Rejection::PerUserLimitReached);
+    }
+    if issued >= batch.total_limit {
+        return Err(Rejection::BatchLimitReached);
+    }
+    Ok(())
 }
 
 /// The seed's serializer rules, plus what it forgot: limits and amounts of at least 1.
@@ -106,6 +155,14 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
     let per_user_limit = f.optional_int("per_user_limit", 1).unwrap_or(1);
     let total_limit = f.required_int("total_limit", 1);
     let expires_at = f.required_timestamp("expires_at");
+    let redeem_policy = match f.optional_string("redeem_policy", 16) {
+        None => RedeemPolicy::default(),
+        Some(s) => RedeemPolicy::parse(&s).unwrap_or_else(|| {
+            f.errors
+                .add("redeem_policy", "must be \"anyone\" or \"owner_only\"");
+            RedeemPolicy::default()
+        }),
+    };
 
     let errors = f.errors;
     match (name, discount_type, total_limit, expires_at) {
@@ -118,6 +175,7 @@ pub fn parse_new_batch(body: &Value) -> Result<NewBatch, FieldErrors> {
                 per_user_limit,
                 total_limit,
                 expires_at,
+                redeem_policy,
             }),
         _ => Err(errors),
     }
@@ -208,6 +266,38 @@ mod tests {
     }
 
     #[test]
+    fn issue_rules_in_the_seeds_order() {
+        let new = parse_new_batch(&valid()).expect("valid");
+        let batch = Batch {
+            id: 1,
+            name: new.name,
+            discount_type: new.discount_type,
+            amount: new.amount,
+            percent: new.percent,
+            per_user_limit: 2,
+            total_limit: 5,
+            expires_at: new.expires_at,
+            redeem_policy: new.redeem_policy,
+            created_at: new.expires_at,
+        };
+        let live = batch.expires_at - time::Duration::seconds(1);
+        assert_eq!(decide_issue(&batch, 0, 0, live), Ok(()));
+        assert_eq!(decide_issue(&batch, 4, 1, live), Ok(()));
+        assert_eq!(
+            decide_issue(&batch, 5, 1, live),
+            Err(Rejection::BatchLimitReached)
+        );
+        assert_eq!(
+            decide_issue(&batch, 5, 2, live),
+            Err(Rejection::PerUserLimitReached)
+        );
+        assert_eq!(
+            decide_issue(&batch, 5, 2, batch.expires_at),
+            Err(Rejection::BatchExpired)
+        );
+    }
+
+    #[test]
     fn expiry_rule() {
         let batch = parse_new_batch(&valid()).expect("valid");
         let batch = Batch {
@@ -219,6 +309,7 @@ mod tests {
             per_user_limit: batch.per_user_limit,
             total_limit: batch.total_limit,
             expires_at: batch.expires_at,
+            redeem_policy: batch.redeem_policy,
             created_at: batch.expires_at,
         };
         assert_eq!(

@@ -3,7 +3,7 @@ use time::OffsetDateTime;
 
 use super::code::MAX_CODE_LENGTH;
 use super::input::{FieldErrors, Fields};
-use super::{Batch, Rejection};
+use super::{Batch, RedeemPolicy, Rejection};
 
 /// The seed's column widths for user and order ids.
 pub const MAX_USER_ID_CHARS: usize = 64;
@@ -96,22 +96,29 @@ pub fn parse_redeem(body: &Value) -> Result<RedeemRequest, FieldErrors> {
     }
 }
 
-/// Whether a coupon may be redeemed now, in the seed's order: expiry first, then a
-/// second redemption.
+/// Whether `user_id` may redeem a coupon now, in the seed's order: expiry, a second
+/// redemption, then (for owner-only batches) who is redeeming. (PostgreSQL decides the
+/// same, in the same order, inside `coupond_redeem`.)
 pub fn check_redeemable(
     coupon: &Coupon,
     batch: &Batch,
+    user_id: &str,
     now: OffsetDateTime,
 ) -> Result<(), Rejection> {
     if batch.is_expired(now) {
         return Err(Rejection::CouponExpired);
     }
     match coupon.status {
-        CouponStatus::Redeemed => Err(Rejection::CouponAlreadyRedeemed),
-        // Nothing sets these yet; the seed would let them through, we do not.
-        CouponStatus::Expired => Err(Rejection::CouponExpired),
-        CouponStatus::Cancelled | CouponStatus::Issued => Ok(()),
+        CouponStatus::Redeemed => return Err(Rejection::CouponAlreadyRedeemed),
+        // Nothing sets this status yet; the seed would let it through, we do not.
+        CouponStatus::Expired => return Err(Rejection::CouponExpired),
+        CouponStatus::Cancelled | CouponStatus::Issued => {}
     }
+    let owner = coupon.issued_to.as_deref();
+    if batch.redeem_policy == RedeemPolicy::OwnerOnly && owner.is_some_and(|o| o != user_id) {
+        return Err(Rejection::CouponOwnershipMismatch);
+    }
+    Ok(())
 }
 
 /// What issuing can answer besides a coupon, in the order the rules are checked.
@@ -127,6 +134,7 @@ pub const REDEEM_REJECTIONS: &[Rejection] = &[
     Rejection::CouponNotFound,
     Rejection::CouponExpired,
     Rejection::CouponAlreadyRedeemed,
+    Rejection::CouponOwnershipMismatch,
 ];
 
 impl Coupon {
@@ -220,6 +228,7 @@ mod tests {
             per_user_limit: 1,
             total_limit: 10,
             expires_at,
+            redeem_policy: RedeemPolicy::Anyone,
             created_at: expires_at,
         }
     }
@@ -244,17 +253,34 @@ mod tests {
         let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(1);
         let expired = batch(now);
         assert_eq!(
-            check_redeemable(&coupon(CouponStatus::Redeemed), &expired, now),
+            check_redeemable(&coupon(CouponStatus::Redeemed), &expired, "u1", now),
             Err(Rejection::CouponExpired)
         );
         let live = batch(now + time::Duration::days(1));
         assert_eq!(
-            check_redeemable(&coupon(CouponStatus::Redeemed), &live, now),
+            check_redeemable(&coupon(CouponStatus::Redeemed), &live, "u1", now),
             Err(Rejection::CouponAlreadyRedeemed)
         );
         assert_eq!(
-            check_redeemable(&coupon(CouponStatus::Issued), &live, now),
+            check_redeemable(&coupon(CouponStatus::Issued), &live, "u2", now),
             Ok(())
+        );
+        let owner_only = Batch {
+            redeem_policy: RedeemPolicy::OwnerOnly,
+            ..live.clone()
+        };
+        assert_eq!(
+            check_redeemable(&coupon(CouponStatus::Issued), &owner_only, "u2", now),
+            Err(Rejection::CouponOwnershipMismatch)
+        );
+        assert_eq!(
+            check_redeemable(&coupon(CouponStatus::Issued), &owner_only, "u1", now),
+            Ok(())
+        );
+        // Ownership is decided after a second redemption, as the seed orders it.
+        assert_eq!(
+            check_redeemable(&coupon(CouponStatus::Redeemed), &owner_only, "u2", now),
+            Err(Rejection::CouponAlreadyRedeemed)
         );
     }
 

@@ -102,6 +102,12 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A string of at most `max_chars`, if given.
+    pub fn optional_string(&mut self, field: &str, max_chars: usize) -> Option<String> {
+        self.get(field)?;
+        self.required_string(field, max_chars)
+    }
+
     fn check_string(&mut self, field: &str, value: String, max_chars: usize) -> Option<String> {
         if value.trim().is_empty() {
             self.errors.add(field, "must not be blank");

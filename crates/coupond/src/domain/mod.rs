@@ -1,12 +1,14 @@
 //! The coupon rules: plain types and functions, no database, no HTTP.
 
+pub mod apikey;
 pub mod batch;
 pub mod code;
 pub mod coupon;
 pub mod input;
 pub mod rejection;
 
-pub use batch::{Batch, DiscountType, NewBatch};
+pub use apikey::{Access, ApiKey, NewApiKey, Scope};
+pub use batch::{Batch, DiscountType, NewBatch, RedeemPolicy};
 pub use coupon::{Coupon, CouponStatus, IssueRequest, ListFilter, RedeemRequest};
 pub use input::FieldErrors;
 pub use rejection::Rejection;

@@ -16,6 +16,8 @@ pub enum Rejection {
     CouponExpired,
     #[error("the coupon has already been redeemed")]
     CouponAlreadyRedeemed,
+    #[error("this coupon can only be redeemed by the user it was issued to")]
+    CouponOwnershipMismatch,
 }
 
 impl Rejection {
@@ -29,6 +31,7 @@ impl Rejection {
             Rejection::CouponNotFound => "COUPON_NOT_FOUND",
             Rejection::CouponExpired => "COUPON_EXPIRED",
             Rejection::CouponAlreadyRedeemed => "COUPON_ALREADY_REDEEMED",
+            Rejection::CouponOwnershipMismatch => "COUPON_OWNERSHIP_MISMATCH",
         }
     }
 

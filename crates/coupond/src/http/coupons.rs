@@ -1,10 +1,12 @@
 use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::{Authorized, BatchAccess, CouponAccess, ReadAccess};
 use super::error::ApiError;
 use super::extract::{IdempotencyKey, JsonBody};
-use super::render::{CouponList, CouponView};
+use super::render::{is_replay, CouponList, CouponView};
 use super::{write_once, AppState};
 use crate::domain::{batch, coupon};
 use crate::idempotency::fingerprint;
@@ -17,36 +19,57 @@ pub const LIST_PATH: &str = "/v1/coupons/";
 
 pub async fn create_batch(
     State(state): State<AppState>,
+    Authorized(caller, _): Authorized<BatchAccess>,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let new_batch = batch::parse_new_batch(&body).map_err(ApiError::validation)?;
     let fingerprint = fingerprint("POST", BATCHES_PATH, &body);
-    write_once(&state, key, fingerprint, Command::CreateBatch(new_batch)).await
+    write_once(
+        &state,
+        &caller,
+        key,
+        fingerprint,
+        Command::CreateBatch(new_batch),
+    )
+    .await
 }
 
 pub async fn issue_coupon(
     State(state): State<AppState>,
+    Authorized(caller, _): Authorized<CouponAccess>,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = coupon::parse_issue(&body).map_err(ApiError::validation)?;
     let fingerprint = fingerprint("POST", ISSUE_PATH, &body);
-    write_once(&state, key, fingerprint, Command::Issue(request)).await
+    write_once(&state, &caller, key, fingerprint, Command::Issue(request)).await
 }
 
 pub async fn redeem_coupon(
     State(state): State<AppState>,
+    Authorized(caller, _): Authorized<CouponAccess>,
     IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let request = coupon::parse_redeem(&body).map_err(ApiError::validation)?;
+    let user_id = request.user_id.clone();
+    state
+        .throttle
+        .check(caller.key_id, &user_id)
+        .map_err(ApiError::rate_limited)?;
     let fingerprint = fingerprint("POST", REDEEM_PATH, &body);
-    write_once(&state, key, fingerprint, Command::Redeem(request)).await
+    let response = write_once(&state, &caller, key, fingerprint, Command::Redeem(request)).await?;
+    // Only a fresh answer counts: replaying a stored one tells a guesser nothing new.
+    if response.status() == StatusCode::NOT_FOUND && !is_replay(&response) {
+        state.throttle.record_miss(caller.key_id, &user_id);
+    }
+    Ok(response)
 }
 
 pub async fn list_coupons(
     State(state): State<AppState>,
+    Authorized(_caller, _): Authorized<ReadAccess>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let pairs: Vec<(String, String)> =

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub message: String,
     pub fields: Option<BTreeMap<String, String>>,
     pub retry_after_secs: Option<u32>,
+    /// `WWW-Authenticate` to send, for 401s.
+    pub challenge: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -41,6 +43,7 @@ impl ApiError {
             message: message.into(),
             fields: None,
             retry_after_secs: None,
+            challenge: None,
         }
     }
 
@@ -102,6 +105,48 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "REQUEST_IN_PROGRESS",
                 "a request with this Idempotency-Key is still being processed; try again shortly",
+            )
+        }
+    }
+
+    /// 401: no usable `Authorization: Bearer` header, or a key that is unknown or
+    /// revoked (`invalid`).
+    pub fn unauthenticated(invalid: bool) -> Self {
+        let (message, challenge) = if invalid {
+            (
+                "the API key is unknown or has been revoked",
+                "Bearer realm=\"coupond\", error=\"invalid_token\"",
+            )
+        } else {
+            (
+                "send an API key as `Authorization: Bearer <key>`",
+                "Bearer realm=\"coupond\"",
+            )
+        };
+        ApiError {
+            challenge: Some(challenge),
+            ..ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message)
+        }
+    }
+
+    /// 403: the key is valid, its scope does not cover this route.
+    pub fn forbidden(scope: &str) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("an API key with scope \"{scope}\" may not do this"),
+        )
+    }
+
+    /// 429: too many recent COUPON_NOT_FOUND answers for this caller and user.
+    pub fn rate_limited(retry_after: std::time::Duration) -> Self {
+        let secs = u32::try_from(retry_after.as_secs().saturating_add(1)).unwrap_or(u32::MAX);
+        ApiError {
+            retry_after_secs: Some(secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "too many unknown coupon codes for this user; wait before trying again",
             )
         }
     }
@@ -173,6 +218,12 @@ impl IntoResponse for ApiError {
             body,
         )
             .into_response();
+        if let Some(challenge) = self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()

@@ -1,12 +1,14 @@
 //! HTTP: routes, extractors and the error envelope. Handlers only translate between
 //! the wire and the domain; the rules live in `domain`, the transactions in `storage`.
 
+mod auth;
 mod coupons;
 mod envelope;
 mod error;
 mod extract;
 mod render;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{MatchedPath, State};
@@ -29,16 +31,17 @@ pub use error::ApiError;
 
 use crate::config::ServeArgs;
 use crate::idempotency::{self, InFlight, Policy, Write};
+use crate::keys::{Caller, Keys};
 use crate::storage::{Command, Store, WriteOutcome};
-
-/// Until API keys exist every caller shares one idempotency scope.
-pub const GLOBAL_SCOPE: &str = "global";
+use crate::throttle::MissThrottle;
 
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub keys: Keys,
     pub in_flight: InFlight,
     pub policy: Policy,
+    pub throttle: Arc<MissThrottle>,
     pub body_limit: usize,
 }
 
@@ -55,6 +58,10 @@ pub fn router(state: AppState, settings: &ServeArgs) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id))
         .layer(axum::middleware::from_fn(envelope::ensure_envelope))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::internal().into_response()
         }))
@@ -134,12 +141,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 /// effect, replays marked.
 async fn write_once(
     state: &AppState,
+    caller: &Caller,
     key: String,
     fingerprint: String,
     command: Command,
 ) -> Result<Response, ApiError> {
     let write = Write {
-        scope: GLOBAL_SCOPE.to_owned(),
+        scope: caller.idempotency_scope(),
         key,
         fingerprint,
         command,

@@ -21,6 +21,7 @@ pub struct BatchView<'a> {
     pub total_limit: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    pub redeem_policy: &'static str,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
@@ -36,6 +37,7 @@ impl<'a> From<&'a Batch> for BatchView<'a> {
             per_user_limit: b.per_user_limit,
             total_limit: b.total_limit,
             expires_at: b.expires_at,
+            redeem_policy: b.redeem_policy.as_str(),
             created_at: b.created_at,
         }
     }
@@ -113,6 +115,12 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> StoredResponse {
     }
 }
 
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+pub fn is_replay(response: &Response) -> bool {
+    response.headers().contains_key(REPLAYED_HEADER)
+}
+
 /// A stored response as sent: the same status and body bytes, marked when replayed.
 pub fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -128,7 +136,7 @@ pub fn stored_response(stored: StoredResponse, replayed: bool) -> Response {
     if replayed {
         response
             .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
     response
 }

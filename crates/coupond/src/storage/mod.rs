@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::domain::{Batch, Coupon, IssueRequest, ListFilter, NewBatch, RedeemRequest, Rejection};
+use crate::domain::{
+    ApiKey, Batch, Coupon, IssueRequest, ListFilter, NewApiKey, NewBatch, RedeemRequest, Rejection,
+};
 use crate::faults::Faults;
 
 pub use postgres::PgStore;
@@ -19,6 +21,8 @@ pub use sqlite::SqliteStore;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://...")]
@@ -40,6 +44,15 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::WriterGone | StoreError::GroupCommitFailed(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+            ),
             StoreError::Database(e) => matches!(
                 e,
                 sqlx::Error::PoolTimedOut
@@ -132,6 +145,25 @@ impl IdempotencyRecord {
     }
 }
 
+/// Which time of an idempotency record a purge goes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeBy {
+    /// Records that have expired: what the background purge deletes.
+    ExpiresAt,
+    /// Records created long enough ago, expired or not: an operator's choice.
+    CreatedAt,
+}
+
+impl PurgeBy {
+    /// The column, as written in both schemas.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            PurgeBy::ExpiresAt => "expires_at",
+            PurgeBy::CreatedAt => "created_at",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     pub max_connections: u32,
@@ -199,15 +231,86 @@ impl Store {
         }
     }
 
-    /// Deletes up to `limit` expired idempotency records; returns how many went.
+    /// Deletes up to `limit` idempotency records whose `by` time is at or before
+    /// `cutoff`; returns how many went.
     pub async fn purge_idempotency(
         &self,
-        now: OffsetDateTime,
+        by: PurgeBy,
+        cutoff: OffsetDateTime,
         limit: i64,
     ) -> Result<u64, StoreError> {
         match self {
-            Store::Sqlite(s) => s.purge_idempotency(now, limit).await,
-            Store::Postgres(s) => s.purge_idempotency(now, limit).await,
+            Store::Sqlite(s) => s.purge_idempotency(by, cutoff, limit).await,
+            Store::Postgres(s) => s.purge_idempotency(by, cutoff, limit).await,
+        }
+    }
+
+    pub async fn create_api_key(
+        &self,
+        key: NewApiKey,
+        now: OffsetDateTime,
+    ) -> Result<ApiKey, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_api_key(key, now).await,
+            Store::Postgres(s) => s.create_api_key(key, now).await,
+        }
+    }
+
+    /// Creates `key` if, and only if, no API key exists yet.
+    pub async fn bootstrap_api_key(
+        &self,
+        key: NewApiKey,
+        now: OffsetDateTime,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.bootstrap_api_key(key, now).await,
+            Store::Postgres(s) => s.bootstrap_api_key(key, now).await,
+        }
+    }
+
+    /// Revokes a key (a no-op if it already was); `None` if there is no such key.
+    pub async fn revoke_api_key(
+        &self,
+        id: i64,
+        now: OffsetDateTime,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.revoke_api_key(id, now).await,
+            Store::Postgres(s) => s.revoke_api_key(id, now).await,
+        }
+    }
+
+    /// Records when keys were last used (never moving a time backwards).
+    pub async fn touch_api_keys(&self, used: Vec<(i64, OffsetDateTime)>) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Store::Sqlite(s) => s.touch_api_keys(used).await,
+            Store::Postgres(s) => s.touch_api_keys(used).await,
+        }
+    }
+
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_api_keys().await,
+            Store::Postgres(s) => s.list_api_keys().await,
+        }
+    }
+
+    /// The key with this SHA-256, revoked or not.
+    pub async fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.find_api_key(hash).await,
+            Store::Postgres(s) => s.find_api_key(hash).await,
+        }
+    }
+
+    /// Every key not revoked, with its hash.
+    pub async fn active_api_keys(&self) -> Result<Vec<(Vec<u8>, ApiKey)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.active_api_keys().await,
+            Store::Postgres(s) => s.active_api_keys().await,
         }
     }
 

@@ -5,6 +5,7 @@
 //! each, see `hot`; the rest run as ordinary transactions here.
 
 mod hot;
+mod keys;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,10 +15,12 @@ use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::{
-    shard_quotas, Command, CommandResult, Effect, IdempotencyRecord, StoreError, StoreOptions,
-    StoredResponse, WriteOutcome, WriteRequest,
+    shard_quotas, Command, CommandResult, Effect, IdempotencyRecord, PurgeBy, StoreError,
+    StoreOptions, StoredResponse, WriteOutcome, WriteRequest,
 };
-use crate::domain::{Batch, Coupon, CouponStatus, DiscountType, ListFilter, NewBatch};
+use crate::domain::{
+    Batch, Coupon, CouponStatus, DiscountType, ListFilter, NewBatch, RedeemPolicy,
+};
 use crate::faults::{FaultAction, Faults};
 use std::sync::Arc;
 
@@ -42,6 +45,7 @@ struct BatchRow {
     per_user_limit: i64,
     total_limit: i64,
     expires_at: OffsetDateTime,
+    redeem_policy: String,
     created_at: OffsetDateTime,
 }
 
@@ -57,6 +61,8 @@ impl From<BatchRow> for Batch {
             per_user_limit: row.per_user_limit,
             total_limit: row.total_limit,
             expires_at: row.expires_at,
+            // The CHECK constraint admits only the known values.
+            redeem_policy: RedeemPolicy::parse(&row.redeem_policy).unwrap_or_default(),
             created_at: row.created_at,
         }
     }
@@ -121,7 +127,7 @@ impl RecordRow {
 const COUPON_COLUMNS: &str = "id, batch_id, code, status, issued_to, issued_at, redeemed_by, \
                               redeemed_at, order_id, created_at";
 const BATCH_COLUMNS: &str = "id, name, discount_type, amount, percent, per_user_limit, \
-                             total_limit, expires_at, created_at";
+                             total_limit, expires_at, redeem_policy, created_at";
 
 impl PgStore {
     pub async fn connect(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
@@ -276,15 +282,18 @@ impl PgStore {
 
     pub async fn purge_idempotency(
         &self,
-        now: OffsetDateTime,
+        by: PurgeBy,
+        cutoff: OffsetDateTime,
         limit: i64,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        // SKIP LOCKED: a record being claimed right now is left to its claimer.
+        let done = sqlx::query(&format!(
             "DELETE FROM idempotency_records WHERE (scope, key) IN ( \
-                 SELECT scope, key FROM idempotency_records WHERE expires_at <= $1 \
+                 SELECT scope, key FROM idempotency_records WHERE {} <= $1 \
                  LIMIT $2 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(now)
+            by.column()
+        ))
+        .bind(cutoff)
         .bind(limit)
         .execute(&self.pool)
         .await?;
@@ -319,8 +328,8 @@ async fn create_batch(
 ) -> Result<Batch, StoreError> {
     let row: BatchRow = sqlx::query_as(&format!(
         "INSERT INTO coupon_batches (name, discount_type, amount, percent, per_user_limit, \
-             total_limit, expires_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {BATCH_COLUMNS}"
+             total_limit, expires_at, created_at, redeem_policy) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {BATCH_COLUMNS}"
     ))
     .bind(&new.name)
     .bind(new.discount_type.as_str())
@@ -330,6 +339,7 @@ async fn create_batch(
     .bind(new.total_limit)
     .bind(new.expires_at)
     .bind(now)
+    .bind(new.redeem_policy.as_str())
     .fetch_one(&mut *conn)
     .await?;
     let quotas = shard_quotas(new.total_limit, MAX_SHARDS);
