@@ -78,6 +78,7 @@ pub async fn bootstrap_admin_key(
 pub async fn open_store(
     args: &DatabaseArgs,
     idempotency_wait: Duration,
+    lock_timeout: Duration,
     faults: Arc<Faults>,
 ) -> Result<Store, StoreError> {
     let store = Store::connect(
@@ -85,6 +86,7 @@ pub async fn open_store(
         StoreOptions {
             max_connections: args.db_max_connections,
             idempotency_wait,
+            lock_timeout,
             faults,
         },
     )
@@ -106,7 +108,13 @@ impl Application {
     /// Connects, migrates and binds. `faults` is for tests; the binary passes the default,
     /// which never fires.
     pub async fn build(settings: ServeArgs, faults: Arc<Faults>) -> Result<Self, AppError> {
-        let store = open_store(&settings.database, settings.idempotency_wait, faults).await?;
+        let store = open_store(
+            &settings.database,
+            settings.idempotency_wait,
+            settings.request_timeout,
+            faults,
+        )
+        .await?;
         let listener = TcpListener::bind(settings.bind)
             .await
             .map_err(|source| AppError::Bind {

@@ -154,13 +154,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn open(database: &DatabaseArgs) -> anyhow::Result<Store> {
-    app::open_store(
-        database,
-        Duration::from_secs(5),
-        Arc::new(Faults::default()),
-    )
-    .await
-    .with_context(|| format!("opening {}", redact(&database.database_url)))
+    let wait = Duration::from_secs(5);
+    app::open_store(database, wait, wait, Arc::new(Faults::default()))
+        .await
+        .with_context(|| format!("opening {}", redact(&database.database_url)))
 }
 
 /// A database URL without its password, for messages.

@@ -78,13 +78,19 @@ CREATE INDEX idempotency_records_expires_at ON idempotency_records (expires_at);
 
 -- Claims (p_scope, p_key) for this transaction: true if the key is free or its record
 -- has expired; false if a live record exists. A request in flight with the same key
--- holds the row's lock, so this waits for it (bounded by lock_timeout).
+-- holds the row's lock, so this waits for it, but only as long as the setting
+-- `coupond.claim_wait` (coupond sets it per connection); every other lock a write
+-- takes waits as long as the connection's own lock_timeout.
 CREATE FUNCTION coupond_claim_key(
     p_scope TEXT, p_key TEXT, p_fingerprint TEXT, p_now TIMESTAMPTZ, p_expires_at TIMESTAMPTZ
 ) RETURNS BOOLEAN LANGUAGE plpgsql AS $$
 DECLARE
     claimed INTEGER;
+    v_lock_timeout TEXT := current_setting('lock_timeout');
 BEGIN
+    PERFORM set_config('lock_timeout',
+                       COALESCE(current_setting('coupond.claim_wait', true), v_lock_timeout),
+                       true);
     INSERT INTO idempotency_records AS r (scope, key, fingerprint, created_at, expires_at)
     VALUES (p_scope, p_key, p_fingerprint, p_now, p_expires_at)
     ON CONFLICT (scope, key) DO UPDATE
@@ -92,6 +98,7 @@ BEGIN
             created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
         WHERE r.expires_at <= EXCLUDED.created_at;
     GET DIAGNOSTICS claimed = ROW_COUNT;
+    PERFORM set_config('lock_timeout', v_lock_timeout, true);
     RETURN claimed = 1;
 END $$;
 
@@ -171,11 +178,14 @@ BEGIN
                     FOR UPDATE SKIP LOCKED)
             RETURNING s.shard INTO v_shard;
             IF v_shard IS NULL THEN
+                -- Waiting, so in one fixed order: a row locked here stays locked even
+                -- when it turns out full, and two waiters taking rows in different
+                -- orders would deadlock.
                 UPDATE batch_counter_shards s SET issued = s.issued + 1
                  WHERE s.batch_id = p_batch_id AND s.shard = (
                        SELECT x.shard FROM batch_counter_shards x
                         WHERE x.batch_id = p_batch_id AND x.issued < x.quota
-                        ORDER BY x.shard >= p_start_shard DESC, x.shard LIMIT 1
+                        ORDER BY x.shard LIMIT 1
                         FOR UPDATE)
                 RETURNING s.shard INTO v_shard;
             END IF;

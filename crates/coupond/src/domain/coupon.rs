@@ -191,6 +191,12 @@ pub fn parse_list_filter(
             "user_id",
             format!("must be at most {MAX_USER_ID_CHARS} characters"),
         );
+    } else if user_id
+        .as_ref()
+        .is_some_and(|u| u.chars().any(char::is_control))
+    {
+        // The same rule as for the user ids a write accepts, so no such id exists.
+        errors.add("user_id", "must not contain control characters");
     }
     let status = match status.filter(|s| !s.is_empty()) {
         None => None,

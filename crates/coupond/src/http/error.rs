@@ -172,6 +172,17 @@ impl From<KeyError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if matches!(e, StoreError::LockTimeout) {
+            tracing::warn!(error = %e, "write gave up waiting for a lock");
+            return ApiError {
+                retry_after_secs: Some(1),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "DATABASE_BUSY",
+                    "the database is too busy right now; nothing was stored, retry later",
+                )
+            };
+        }
         if e.is_unavailable() {
             tracing::warn!(error = %e, "database unavailable");
             ApiError {

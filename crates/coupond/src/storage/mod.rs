@@ -37,6 +37,8 @@ pub enum StoreError {
     InjectedFault,
     #[error("internal storage error: {0}")]
     Internal(&'static str),
+    #[error("a row lock was not granted in time")]
+    LockTimeout,
 }
 
 impl StoreError {
@@ -169,6 +171,8 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// How long a duplicate waits on the database for an in-flight original.
     pub idempotency_wait: Duration,
+    /// How long any other row lock is waited for before the write gives up.
+    pub lock_timeout: Duration,
     pub faults: Arc<Faults>,
 }
 

@@ -73,6 +73,9 @@ pub const COUPON_FIELDS: [&str; 8] = [
     "order_id",
 ];
 /// The fields of the seed's `CouponBatchCreateSerializer`.
+/// Fields a batch has besides the seed's ("more fields may follow").
+pub const BATCH_EXTRA_FIELDS: [&str; 2] = ["created_at", "redeem_policy"];
+
 pub const BATCH_FIELDS: [&str; 8] = [
     "id",
     "name",
@@ -316,6 +319,11 @@ pub fn test_settings(backend: Backend, database_url: &str) -> ServeArgs {
     settings.body_limit = 64 * 1024;
     settings.request_timeout = Duration::from_secs(30);
     settings.shutdown_grace = Duration::from_secs(2);
+    // Every test server starts with this admin key, and clients send it unless a test
+    // says otherwise.
+    settings.bootstrap_admin_key = Some(TEST_ADMIN_KEY.to_owned());
+    settings.not_found_limit = 20;
+    settings.not_found_window = Duration::from_secs(60);
     settings.log = LogArgs {
         log_format: LogFormat::Text,
         log_level: std::env::var("COUPOND_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -335,8 +343,13 @@ fn init_logging(settings: &ServeArgs) {
 // The server
 // ---------------------------------------------------------------------------------------
 
+/// The admin key of every test server (see `test_settings`).
+pub const TEST_ADMIN_KEY: &str = "cpd_test_admin_key_for_the_integration_suite";
+
 pub struct TestApp {
     pub backend: Backend,
+    /// The id of the admin key `TEST_ADMIN_KEY`.
+    pub admin_key_id: i64,
     pub addr: SocketAddr,
     pub settings: ServeArgs,
     /// The store the server uses (a clone): for looking at records a test cannot see
@@ -391,6 +404,12 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("starting coupond on {backend:?} failed: {e}"));
         let addr = app.local_addr();
         let store = app.store();
+        let admin_key_id = store
+            .find_api_key(&coupond::domain::apikey::hash_key(TEST_ADMIN_KEY))
+            .await
+            .expect("reading the admin key")
+            .map(|k| k.id)
+            .expect("the bootstrap admin key exists");
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until(async move {
             let _ = rx.await;
@@ -402,6 +421,7 @@ impl TestApp {
             .expect("building the HTTP client");
         TestApp {
             backend,
+            admin_key_id,
             addr,
             settings,
             store,
@@ -410,7 +430,7 @@ impl TestApp {
                 http,
                 addr,
                 base_url: format!("http://{addr}"),
-                api_key: None,
+                api_key: Some(TEST_ADMIN_KEY.to_owned()),
             },
             shutdown: Some(tx),
             server: Some(server),
@@ -423,16 +443,15 @@ impl TestApp {
         self.client.clone()
     }
 
-    /// The idempotency scope requests of this client land in. Until API keys exist,
-    /// every caller shares one.
-    pub fn scope(&self) -> &str {
-        coupond::http::GLOBAL_SCOPE
+    /// The idempotency scope requests made with the admin key land in.
+    pub fn scope(&self) -> String {
+        format!("key:{}", self.admin_key_id)
     }
 
     /// The committed idempotency record of `key`, read straight from the store.
     pub async fn idempotency_record(&self, key: &str) -> Option<IdempotencyRecord> {
         self.store
-            .find_idempotency_record(self.scope(), key)
+            .find_idempotency_record(&self.scope(), key)
             .await
             .expect("reading an idempotency record")
     }

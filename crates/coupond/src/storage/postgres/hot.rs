@@ -13,7 +13,7 @@ use sqlx::query::QueryAs;
 use sqlx::{FromRow, Postgres};
 use time::OffsetDateTime;
 
-use super::{is_lock_timeout, PgStore};
+use super::PgStore;
 use crate::domain::code::{generate_code, MAX_CODE_ATTEMPTS};
 use crate::domain::coupon::{ISSUE_REJECTIONS, REDEEM_REJECTIONS};
 use crate::domain::{Coupon, CouponStatus, IssueRequest, RedeemRequest, Rejection};
@@ -55,9 +55,6 @@ pub(super) async fn execute(
                 if stale >= MAX_STALE_RETRIES {
                     return Err(StoreError::Database(e));
                 }
-            }
-            Err(StoreError::Database(e)) if is_lock_timeout(&e) => {
-                return Ok(WriteOutcome::InProgress)
             }
             other => return other,
         }

@@ -10,7 +10,7 @@ mod keys;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions};
 use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
@@ -131,11 +131,16 @@ const BATCH_COLUMNS: &str = "id, name, discount_type, amount, percent, per_user_
 
 impl PgStore {
     pub async fn connect(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
-        let wait_ms = options.idempotency_wait.as_millis().max(1).to_string();
-        // lock_timeout bounds how long a duplicate waits on its original's row lock;
-        // set at connection start so it costs no extra round trip per request.
+        let claim_wait = format!("{}ms", options.idempotency_wait.as_millis().max(1));
+        let lock_timeout = format!("{}ms", options.lock_timeout.as_millis().max(1));
+        // Set at connection start, so they cost no round trip per request:
+        // coupond.claim_wait bounds how long a duplicate waits on its original's
+        // claimed key (see coupond_claim_key), lock_timeout every other lock.
         let connect = PgConnectOptions::from_str(url)?
-            .options([("lock_timeout", wait_ms.as_str())])
+            .options([
+                ("lock_timeout", lock_timeout.as_str()),
+                ("coupond.claim_wait", claim_wait.as_str()),
+            ])
             .application_name("coupond");
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
@@ -182,9 +187,21 @@ impl PgStore {
     }
 
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
-        match request.command {
+        let result = match request.command {
             Command::Issue(_) | Command::Redeem(_) => hot::execute(self, request).await,
             Command::CreateBatch(_) => self.execute_in_transaction(request).await,
+        };
+        match result {
+            // Waiting for a duplicate in flight ran out: the client retries later. Any
+            // other lock wait running out is the database being too busy.
+            Err(StoreError::Database(e)) if is_lock_timeout(&e) => {
+                if waited_on_claim(&e) {
+                    Ok(WriteOutcome::InProgress)
+                } else {
+                    Err(StoreError::LockTimeout)
+                }
+            }
+            other => other,
         }
     }
 
@@ -214,11 +231,7 @@ impl PgStore {
                 .bind(claim.expires_at)
                 .fetch_one(&mut *tx)
                 .await;
-        let claimed = match claimed {
-            Ok((claimed,)) => claimed,
-            Err(e) if is_lock_timeout(&e) => return Ok(WriteOutcome::InProgress),
-            Err(e) => return Err(e.into()),
-        };
+        let (claimed,) = claimed?;
         if !claimed {
             let row: Option<RecordRow> = sqlx::query_as(
                 "SELECT fingerprint, response_status, response_body, created_at, expires_at \
@@ -301,8 +314,19 @@ impl PgStore {
     }
 }
 
-pub(super) fn is_lock_timeout(e: &sqlx::Error) -> bool {
+fn is_lock_timeout(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some(LOCK_NOT_AVAILABLE))
+}
+
+/// Whether a lock timeout happened while claiming an idempotency key, i.e. waiting for
+/// another request with the same key. The error's context names the function.
+fn waited_on_claim(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.try_downcast_ref::<PgDatabaseError>()
+        .and_then(|pg| pg.r#where())
+        .is_some_and(|context| context.contains("coupond_claim_key"))
 }
 
 async fn run_command(
