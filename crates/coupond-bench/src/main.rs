@@ -209,7 +209,12 @@ async fn run(cli: &Cli) -> u8 {
             .max()
             .unwrap_or(1)
             .max(cli.setup_concurrency);
-        let client = match Client::new(&base_url, cli.api_key.as_deref(), pool, cli.timeout) {
+        // A spawned server was started with a known admin key; --api-key wins if given.
+        let api_key = cli
+            .api_key
+            .clone()
+            .or_else(|| server.as_ref().map(|s| s.admin_key.clone()));
+        let client = match Client::new(&base_url, api_key.as_deref(), pool, cli.timeout) {
             Ok(c) => c,
             Err(e) => {
                 report.failures.push(Failure {

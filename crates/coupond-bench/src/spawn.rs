@@ -64,6 +64,9 @@ pub struct Server {
     pub tls: bool,
     pub temp_dir: PathBuf,
     pub log_path: PathBuf,
+    /// The admin key the server was started with (COUPOND_BOOTSTRAP_ADMIN_KEY), unless
+    /// --server-env set one: then that one.
+    pub admin_key: String,
     child: Option<Child>,
     pid: u32,
     stop_timeout: Duration,
@@ -113,6 +116,12 @@ impl Server {
             tls: false,
             temp_dir,
             log_path,
+            admin_key: cfg
+                .server_env
+                .iter()
+                .find(|(k, _)| k == BOOTSTRAP_KEY_ENV)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| format!("cpd_bench_{}{}", random_tag(), random_tag())),
             child: None,
             pid: 0,
             stop_timeout: cfg.stop_timeout,
@@ -132,6 +141,9 @@ impl Server {
             .arg(&server.database_url);
         if !cfg.server_env.iter().any(|(k, _)| k == "COUPOND_LOG") {
             command.env("COUPOND_LOG", DEFAULT_SERVER_LOG);
+        }
+        if !cfg.server_env.iter().any(|(k, _)| k == BOOTSTRAP_KEY_ENV) {
+            command.env(BOOTSTRAP_KEY_ENV, &server.admin_key);
         }
         let child = command
             .envs(cfg.server_env.iter().map(|(k, v)| (k, v)))
@@ -367,6 +379,9 @@ async fn psql(url: &str, sql: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// The server's environment variable that makes its first admin key a given value.
+const BOOTSTRAP_KEY_ENV: &str = "COUPOND_BOOTSTRAP_ADMIN_KEY";
 
 fn random_tag() -> String {
     let n: u64 = rand::thread_rng().gen();

@@ -13,7 +13,7 @@ use crate::domain::apikey::{MAX_KEY_CHARS, MIN_GIVEN_KEY_CHARS};
 use crate::domain::{ApiKey, NewApiKey, Scope};
 use crate::faults::Faults;
 use crate::http::{self, AppState};
-use crate::idempotency::{InFlight, Policy};
+use crate::idempotency::{InFlight, Policy, RecordCache};
 use crate::keys::Keys;
 use crate::storage::{PurgeBy, Store, StoreError, StoreOptions};
 use crate::throttle::MissThrottle;
@@ -133,6 +133,7 @@ impl Application {
                 settings.not_found_window,
             )),
             in_flight: InFlight::default(),
+            replays: RecordCache::new(settings.idempotency_cache_mib.saturating_mul(1 << 20)),
             policy: Policy {
                 ttl: settings.idempotency_ttl,
                 wait: settings.idempotency_wait,

@@ -40,6 +40,11 @@ pub struct ServeArgs {
     #[arg(long, env = "COUPOND_IDEMPOTENCY_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub idempotency_wait: Duration,
 
+    /// Memory (MiB) for recently stored responses, so that retries are answered
+    /// without a database read; 0 turns this off.
+    #[arg(long, env = "COUPOND_IDEMPOTENCY_CACHE_MIB", default_value_t = 8)]
+    pub idempotency_cache_mib: u64,
+
     /// How often expired idempotency records are purged.
     #[arg(long, env = "COUPOND_PURGE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
     pub purge_interval: Duration,

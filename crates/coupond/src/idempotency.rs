@@ -10,8 +10,11 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use time::OffsetDateTime;
+
 use crate::storage::{
-    Command, IdempotencyClaim, Render, Store, StoreError, WriteOutcome, WriteRequest,
+    Command, IdempotencyClaim, IdempotencyRecord, Render, Store, StoreError, WriteOutcome,
+    WriteRequest,
 };
 
 pub const MAX_KEY_LEN: usize = 255;
@@ -143,6 +146,66 @@ impl InFlight {
     }
 }
 
+/// Responses this process committed recently, so that a retry (the common case: a
+/// client that timed out and sent the same request again) is answered from memory.
+/// A committed record never changes while it is live, and an entry is used only before
+/// its expiry, so an entry is always what the database would say, in every process.
+#[derive(Clone)]
+pub struct RecordCache {
+    entries: Option<
+        Arc<quick_cache::sync::Cache<(String, String), Arc<IdempotencyRecord>, RecordWeight>>,
+    >,
+}
+
+#[derive(Clone)]
+struct RecordWeight;
+
+impl quick_cache::Weighter<(String, String), Arc<IdempotencyRecord>> for RecordWeight {
+    fn weight(&self, key: &(String, String), record: &Arc<IdempotencyRecord>) -> u64 {
+        // Roughly the bytes an entry holds, so the capacity is a memory bound.
+        (key.0.len() + key.1.len() + record.fingerprint.len() + record.response.body.len() + 96)
+            as u64
+    }
+}
+
+impl RecordCache {
+    /// A cache of about `bytes`; 0 turns it off.
+    pub fn new(bytes: u64) -> RecordCache {
+        let entries = (bytes > 0).then(|| {
+            Arc::new(quick_cache::sync::Cache::with_weighter(
+                (bytes / 400).max(16) as usize,
+                bytes,
+                RecordWeight,
+            ))
+        });
+        RecordCache { entries }
+    }
+
+    fn answer(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now: OffsetDateTime,
+    ) -> Option<WriteOutcome> {
+        let entries = self.entries.as_ref()?;
+        let id = (scope.to_owned(), key.to_owned());
+        let record = entries.get(&id)?;
+        let outcome = record.answer(fingerprint, now);
+        if outcome.is_none() {
+            // Expired: the key may run anew, and the database decides.
+            entries.remove(&id);
+        }
+        outcome
+    }
+
+    fn remember(&self, scope: String, key: String, record: IdempotencyRecord) {
+        if let Some(entries) = &self.entries {
+            entries.insert((scope, key), Arc::new(record));
+        }
+    }
+}
+
 /// The settings the write path needs.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
@@ -167,9 +230,18 @@ pub struct Write {
 pub async fn run_once(
     store: &Store,
     in_flight: &InFlight,
+    cache: &RecordCache,
     policy: Policy,
     write: Write,
 ) -> Result<WriteOutcome, StoreError> {
+    if let Some(outcome) = cache.answer(
+        &write.scope,
+        &write.key,
+        &write.fingerprint,
+        crate::domain::now(),
+    ) {
+        return Ok(outcome);
+    }
     let deadline = tokio::time::Instant::now() + policy.wait;
     loop {
         match in_flight.enter(&write.scope, &write.key) {
@@ -195,10 +267,27 @@ pub async fn run_once(
                     now,
                 };
                 // Detached, so a client hanging up cannot cancel the transaction
-                // half-way; the guard goes with it and wakes duplicates at the end.
+                // half-way; the guard goes with it and wakes duplicates at the end,
+                // after the cache knows the answer.
                 let store = store.clone();
+                let cache = cache.clone();
                 let task = tokio::spawn(async move {
+                    let (scope, key) = (request.claim.scope.clone(), request.claim.key.clone());
+                    let (fingerprint, expires_at) =
+                        (request.claim.fingerprint.clone(), request.claim.expires_at);
                     let outcome = store.execute(request).await;
+                    if let Ok(WriteOutcome::Executed(response)) = &outcome {
+                        cache.remember(
+                            scope,
+                            key,
+                            IdempotencyRecord {
+                                fingerprint,
+                                response: response.clone(),
+                                created_at: now,
+                                expires_at,
+                            },
+                        );
+                    }
                     drop(guard);
                     outcome
                 });

@@ -30,7 +30,7 @@ use tracing::Span;
 pub use error::ApiError;
 
 use crate::config::ServeArgs;
-use crate::idempotency::{self, InFlight, Policy, Write};
+use crate::idempotency::{self, InFlight, Policy, RecordCache, Write};
 use crate::keys::{Caller, Keys};
 use crate::storage::{Command, Store, WriteOutcome};
 use crate::throttle::MissThrottle;
@@ -40,6 +40,7 @@ pub struct AppState {
     pub store: Store,
     pub keys: Keys,
     pub in_flight: InFlight,
+    pub replays: RecordCache,
     pub policy: Policy,
     pub throttle: Arc<MissThrottle>,
     pub body_limit: usize,
@@ -153,7 +154,15 @@ async fn write_once(
         command,
         render: render::render_command_result,
     };
-    match idempotency::run_once(&state.store, &state.in_flight, state.policy, write).await? {
+    match idempotency::run_once(
+        &state.store,
+        &state.in_flight,
+        &state.replays,
+        state.policy,
+        write,
+    )
+    .await?
+    {
         WriteOutcome::Executed(stored) => Ok(render::stored_response(stored, false)),
         WriteOutcome::Replayed(stored) => Ok(render::stored_response(stored, true)),
         WriteOutcome::FingerprintMismatch => Err(ApiError::body_mismatch()),

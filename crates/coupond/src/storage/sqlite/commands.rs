@@ -58,7 +58,7 @@ pub fn purge(
     Ok(deleted as u64)
 }
 
-fn find_record(
+pub(super) fn find_record(
     conn: &Connection,
     scope: &str,
     key: &str,
@@ -111,7 +111,8 @@ fn store_record(
 
 const BATCH_COLUMNS: &str = "id, name, discount_type, amount, percent, per_user_limit, \
                              total_limit, expires_at, created_at, issued, redeem_policy";
-const COUPON_COLUMNS: &str = "id, batch_id, code, status, issued_to, issued_at, redeemed_by, \
+pub(super) const COUPON_COLUMNS: &str =
+    "id, batch_id, code, status, issued_to, issued_at, redeemed_by, \
                               redeemed_at, order_id, created_at";
 
 /// A batch and how many coupons it has issued so far.
@@ -137,7 +138,7 @@ fn batch_from_row(row: &Row<'_>) -> rusqlite::Result<(Batch, i64)> {
     ))
 }
 
-fn coupon_from_row(row: &Row<'_>) -> rusqlite::Result<Coupon> {
+pub(super) fn coupon_from_row(row: &Row<'_>) -> rusqlite::Result<Coupon> {
     let status: String = row.get(3)?;
     Ok(Coupon {
         id: row.get(0)?,

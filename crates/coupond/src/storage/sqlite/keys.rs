@@ -1,7 +1,6 @@
 //! API keys on SQLite: writes on the writer thread, reads on the pool.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use sqlx::FromRow;
 use time::OffsetDateTime;
 
 use super::SqliteStore;
@@ -10,7 +9,6 @@ use crate::storage::StoreError;
 
 const KEY_COLUMNS: &str = "id, name, scope, key_prefix, created_at, last_used_at, revoked_at";
 
-#[derive(FromRow)]
 struct KeyRow {
     id: i64,
     name: String,
@@ -128,39 +126,35 @@ impl SqliteStore {
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows: Vec<KeyRow> =
-            sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))
-                .fetch_all(&self.inner.reads)
-                .await?;
-        Ok(rows.into_iter().map(ApiKey::from).collect())
+        self.inner.reads.read(|conn| {
+            let mut statement =
+                conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))?;
+            let rows = statement.query_map([], key_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     pub async fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
-        let row: Option<KeyRow> = sqlx::query_as(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"
-        ))
-        .bind(hash.as_slice())
-        .fetch_optional(&self.inner.reads)
-        .await?;
-        Ok(row.map(ApiKey::from))
+        self.inner.reads.read(|conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"
+                ))?
+                .query_row([hash.as_slice()], key_from_row)
+                .optional()?)
+        })
     }
 
     /// Every key not revoked, with its hash: what the server authenticates against.
     pub async fn active_api_keys(&self) -> Result<Vec<(Vec<u8>, ApiKey)>, StoreError> {
-        #[derive(FromRow)]
-        struct Row {
-            key_hash: Vec<u8>,
-            #[sqlx(flatten)]
-            key: KeyRow,
-        }
-        let rows: Vec<Row> = sqlx::query_as(&format!(
-            "SELECT key_hash, {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"
-        ))
-        .fetch_all(&self.inner.reads)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.key_hash, r.key.into()))
-            .collect())
+        self.inner.reads.read(|conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS}, key_hash FROM api_keys WHERE revoked_at IS NULL"
+            ))?;
+            let rows = statement.query_map([], |row| {
+                Ok((row.get::<_, Vec<u8>>(7)?, key_from_row(row)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 }

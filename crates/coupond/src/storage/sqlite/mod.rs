@@ -4,26 +4,25 @@
 
 mod commands;
 mod keys;
+mod reads;
 mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteSynchronous,
-};
-use sqlx::{Connection, FromRow, QueryBuilder, Sqlite};
+use rusqlite::params_from_iter;
+use rusqlite::types::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::Connection;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{
-    IdempotencyRecord, PurgeBy, StoreError, StoreOptions, StoredResponse, WriteOutcome,
-    WriteRequest,
-};
-use crate::domain::{from_unix_micros, Coupon, CouponStatus, ListFilter};
+use super::{IdempotencyRecord, PurgeBy, StoreError, StoreOptions, WriteOutcome, WriteRequest};
+use crate::domain::{Coupon, ListFilter};
 use crate::faults::{FaultAction, Faults};
+use commands::COUPON_COLUMNS;
+use reads::ReadPool;
 use writer::Job;
 
 /// How long a connection waits for SQLite's own file lock (another process writing the
@@ -36,68 +35,11 @@ pub struct SqliteStore {
 }
 
 struct Inner {
-    reads: SqlitePool,
+    reads: Arc<ReadPool>,
     writer: mpsc::Sender<Job>,
     connect: SqliteConnectOptions,
     faults: Arc<Faults>,
 }
-
-#[derive(FromRow)]
-struct CouponRow {
-    id: i64,
-    batch_id: i64,
-    code: String,
-    status: String,
-    issued_to: Option<String>,
-    issued_at: Option<i64>,
-    redeemed_by: Option<String>,
-    redeemed_at: Option<i64>,
-    order_id: Option<String>,
-    created_at: i64,
-}
-
-impl From<CouponRow> for Coupon {
-    fn from(row: CouponRow) -> Coupon {
-        Coupon {
-            id: row.id,
-            batch_id: row.batch_id,
-            code: row.code,
-            status: CouponStatus::parse(&row.status).unwrap_or(CouponStatus::Issued),
-            issued_to: row.issued_to,
-            issued_at: row.issued_at.map(from_unix_micros),
-            redeemed_by: row.redeemed_by,
-            redeemed_at: row.redeemed_at.map(from_unix_micros),
-            order_id: row.order_id,
-            created_at: from_unix_micros(row.created_at),
-        }
-    }
-}
-
-#[derive(FromRow)]
-struct RecordRow {
-    fingerprint: String,
-    response_status: i64,
-    response_body: Vec<u8>,
-    created_at: i64,
-    expires_at: i64,
-}
-
-impl From<RecordRow> for IdempotencyRecord {
-    fn from(row: RecordRow) -> IdempotencyRecord {
-        IdempotencyRecord {
-            fingerprint: row.fingerprint,
-            response: StoredResponse {
-                status: u16::try_from(row.response_status).unwrap_or(500),
-                body: row.response_body,
-            },
-            created_at: from_unix_micros(row.created_at),
-            expires_at: from_unix_micros(row.expires_at),
-        }
-    }
-}
-
-const COUPON_COLUMNS: &str = "id, batch_id, code, status, issued_to, issued_at, redeemed_by, \
-                              redeemed_at, order_id, created_at";
 
 /// The file a `sqlite:` URL names. In-memory databases are refused: the writer and the
 /// readers are separate connections, and each would see a database of its own.
@@ -125,15 +67,12 @@ impl SqliteStore {
             .foreign_keys(true)
             .pragma("temp_store", "memory");
         // Creates the file (and switches it to WAL) before anyone else opens it.
-        let writer_conn = tokio::task::spawn_blocking(move || writer::open(&path, BUSY_TIMEOUT))
-            .await
-            .map_err(|_| StoreError::WriterGone)??;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .min_connections(0)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(connect.clone())
-            .await?;
+        let writer_path = path.clone();
+        let writer_conn =
+            tokio::task::spawn_blocking(move || writer::open(&writer_path, BUSY_TIMEOUT))
+                .await
+                .map_err(|_| StoreError::WriterGone)??;
+        let reads = ReadPool::new(path, BUSY_TIMEOUT, options.max_connections as usize);
         let (writer, queue) = mpsc::channel(writer::QUEUE_DEPTH);
         writer::spawn(writer_conn, queue).map_err(|_| StoreError::WriterGone)?;
         Ok(SqliteStore {
@@ -184,7 +123,10 @@ impl SqliteStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.inner.reads).await?;
+        self.inner.reads.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })?;
         if self.inner.writer.is_closed() {
             return Err(StoreError::WriterGone);
         }
@@ -196,7 +138,7 @@ impl SqliteStore {
         if self.inner.writer.send(Job::Close(reply)).await.is_ok() {
             let _ = done.await;
         }
-        self.inner.reads.close().await;
+        self.inner.reads.close();
     }
 
     pub async fn find_idempotency_record(
@@ -204,15 +146,9 @@ impl SqliteStore {
         scope: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row: Option<RecordRow> = sqlx::query_as(
-            "SELECT fingerprint, response_status, response_body, created_at, expires_at \
-             FROM idempotency_records WHERE scope = ?1 AND key = ?2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&self.inner.reads)
-        .await?;
-        Ok(row.map(IdempotencyRecord::from))
+        self.inner
+            .reads
+            .read(|conn| commands::find_record(conn, scope, key))
     }
 
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
@@ -253,24 +189,27 @@ impl SqliteStore {
     }
 
     pub async fn list_coupons(&self, filter: &ListFilter) -> Result<Vec<Coupon>, StoreError> {
-        let mut query =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {COUPON_COLUMNS} FROM coupons WHERE 1"));
+        let mut sql = format!("SELECT {COUPON_COLUMNS} FROM coupons WHERE 1");
+        let mut params: Vec<Value> = Vec::new();
         if let Some(user) = &filter.user_id {
-            query
-                .push(" AND (issued_to = ")
-                .push_bind(user)
-                .push(" OR redeemed_by = ")
-                .push_bind(user)
-                .push(")");
+            params.push(Value::Text(user.clone()));
+            sql.push_str(&format!(
+                " AND (issued_to = ?{n} OR redeemed_by = ?{n})",
+                n = params.len()
+            ));
         }
         if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
+            params.push(Value::Text(status.as_str().to_owned()));
+            sql.push_str(&format!(" AND status = ?{}", params.len()));
         }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(filter.limit);
-        let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&self.inner.reads).await?;
-        Ok(rows.into_iter().map(Coupon::from).collect())
+        params.push(Value::Integer(filter.limit));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
+        self.inner.reads.read(|conn| {
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows =
+                statement.query_map(params_from_iter(params.iter()), commands::coupon_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 }
 
