@@ -1,9 +1,9 @@
 //! API keys: who is calling, and what their scope lets them do.
 
-use rand::rngs::OsRng;
-use rand::Rng;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+
+use super::code::random_string;
 
 /// Every key starts with this, so a leaked one is easy to recognise (and to grep for).
 pub const KEY_PREFIX: &str = "cpd_";
@@ -86,14 +86,7 @@ pub struct NewApiKey {
 
 impl NewApiKey {
     pub fn generate(name: &str, scope: Scope) -> NewApiKey {
-        let mut rng = OsRng;
-        let mut secret = String::with_capacity(KEY_PREFIX.len() + KEY_RANDOM_CHARS);
-        secret.push_str(KEY_PREFIX);
-        for _ in 0..KEY_RANDOM_CHARS {
-            secret.push(char::from(
-                KEY_ALPHABET[rng.gen_range(0..KEY_ALPHABET.len())],
-            ));
-        }
+        let secret = format!("{KEY_PREFIX}{}", random_string(KEY_ALPHABET, KEY_RANDOM_CHARS));
         NewApiKey::from_secret(name, scope, secret)
     }
 

@@ -39,6 +39,8 @@ struct Inner {
     writer: mpsc::Sender<Job>,
     connect: SqliteConnectOptions,
     faults: Arc<Faults>,
+    /// Dropping it stops the checkpointer.
+    checkpointer: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
 /// The file a `sqlite:` URL names. In-memory databases are refused: the writer and the
@@ -72,15 +74,20 @@ impl SqliteStore {
             tokio::task::spawn_blocking(move || writer::open(&writer_path, BUSY_TIMEOUT))
                 .await
                 .map_err(|_| StoreError::WriterGone)??;
+        let (stop_checkpoints, checkpoints) = std::sync::mpsc::channel();
+        let wal = writer::Wal::default();
+        writer::spawn_checkpointer(&path, BUSY_TIMEOUT, wal.clone(), checkpoints)
+            .map_err(|_| StoreError::WriterGone)?;
         let reads = ReadPool::new(path, BUSY_TIMEOUT, options.max_connections as usize);
         let (writer, queue) = mpsc::channel(writer::QUEUE_DEPTH);
-        writer::spawn(writer_conn, queue).map_err(|_| StoreError::WriterGone)?;
+        writer::spawn(writer_conn, queue, wal).map_err(|_| StoreError::WriterGone)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 reads,
                 writer,
                 connect,
                 faults: options.faults,
+                checkpointer: std::sync::Mutex::new(Some(stop_checkpoints)),
             }),
         })
     }
@@ -139,6 +146,9 @@ impl SqliteStore {
             let _ = done.await;
         }
         self.inner.reads.close();
+        if let Ok(mut stop) = self.inner.checkpointer.lock() {
+            stop.take();
+        }
     }
 
     pub async fn find_idempotency_record(
@@ -152,17 +162,10 @@ impl SqliteStore {
     }
 
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
-        // Replays are reads: answer them from the read pool, without queueing behind
-        // the writer. The writer looks again before it writes, so this is only a
-        // shortcut, never the decision.
-        let claim = &request.claim;
-        if let Some(outcome) = self
-            .find_idempotency_record(&claim.scope, &claim.key)
-            .await?
-            .and_then(|record| record.answer(&claim.fingerprint, request.now))
-        {
-            return Ok(outcome);
-        }
+        // No look at the read pool first: recent replays were answered from memory
+        // before this (idempotency::RecordCache), and the writer looks at the record
+        // anyway. A reader's look would cost a read transaction per write, and under
+        // constant writes every read transaction starts with a cold page cache.
         let faults = self.inner.faults.clone();
         self.write(move |conn| {
             let key = request.claim.key.clone();

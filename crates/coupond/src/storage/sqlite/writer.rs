@@ -9,10 +9,33 @@
 //! is the ceiling of the whole service's write throughput (docs/PERFORMANCE.md).
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
+
+/// The writer's page cache. Issuing inserts codes at random places in the code index,
+/// so its pages are touched all over; this keeps most of them in memory.
+const WRITER_CACHE_KIB: i64 = 4 * 1024;
+/// How often the checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
+/// WAL frames (pages) after which the writer starts the WAL over from its beginning.
+/// Readers are always about, so the WAL never goes back to the start by itself; it
+/// would grow without end, and every write would land on fresh disk blocks.
+const RESTART_FRAMES: i64 = 32_768;
+/// What the WAL file is cut back to after a restart, if it grew beyond.
+const WAL_SIZE_LIMIT: i64 = 160 << 20;
+
+/// What the writer and the checkpointer share about the WAL.
+#[derive(Clone, Default)]
+pub struct Wal {
+    /// Frames in the WAL, as the checkpointer last saw them.
+    frames: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Held while either of them checkpoints, so that neither ever waits in SQLite's
+    /// busy handler (which sleeps in steps of milliseconds) for the other.
+    checkpointing: std::sync::Arc<std::sync::Mutex<()>>,
+}
 
 /// Most requests one transaction commits; bounds the latency a group adds.
 const MAX_GROUP: usize = 256;
@@ -49,19 +72,74 @@ pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite:
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints (copying the WAL back into the database file, with its fsync) run
+    // on a thread of their own, see `spawn_checkpointer`, not inside this writer's
+    // commits, where they would stall every request queued behind them.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
 /// Starts the writer thread; it ends when every sender is gone or a `Close` arrives.
-pub fn spawn(conn: Connection, queue: mpsc::Receiver<Job>) -> std::io::Result<()> {
+pub fn spawn(
+    conn: Connection,
+    queue: mpsc::Receiver<Job>,
+    wal: Wal,
+) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("coupond-sqlite-writer".into())
-        .spawn(move || run(conn, queue))
+        .spawn(move || run(conn, queue, &wal))
         .map(drop)
 }
 
-fn run(conn: Connection, mut queue: mpsc::Receiver<Job>) {
+/// Runs a checkpoint; answers the number of frames in the WAL.
+fn checkpoint(conn: &Connection, mode: &str) -> Result<i64, rusqlite::Error> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+        row.get::<_, i64>(1)
+    })
+}
+
+/// Checkpoints the WAL in the background (PASSIVE: never waits for the writer or the
+/// readers, copies what it can). Ends when `stop` is dropped.
+pub fn spawn_checkpointer(
+    path: &Path,
+    busy_timeout: Duration,
+    wal: Wal,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> std::io::Result<()> {
+    let path = path.to_owned();
+    std::thread::Builder::new()
+        .name("coupond-sqlite-checkpoint".into())
+        .spawn(move || {
+            let conn = match open(&path, busy_timeout) {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::error!(error = %e, "sqlite checkpointer could not open the database");
+                    return;
+                }
+            };
+            loop {
+                match stop.recv_timeout(CHECKPOINT_EVERY) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+                let Ok(_checkpointing) = wal.checkpointing.lock() else {
+                    break;
+                };
+                match checkpoint(&conn, "PASSIVE") {
+                    Ok(frames) => wal.frames.store(frames, Ordering::Relaxed),
+                    Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+                }
+            }
+            // A last full one, so a clean stop leaves a short WAL.
+            let _ = checkpoint(&conn, "TRUNCATE");
+        })
+        .map(drop)
+}
+
+fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, wal: &Wal) {
     let mut closing = None;
     while closing.is_none() {
         let Some(first) = queue.blocking_recv() else {
@@ -80,6 +158,21 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Job>) {
         }
         if !group.is_empty() {
             commit_group(&conn, group);
+        }
+        if wal.frames.load(Ordering::Relaxed) >= RESTART_FRAMES {
+            // Between groups, with nothing of ours in flight, and only if the
+            // checkpointer is not at work (else next time). It has copied most frames
+            // already, so this mostly waits for readers of old snapshots and rewinds.
+            if let Ok(_checkpointing) = wal.checkpointing.try_lock() {
+                let started = std::time::Instant::now();
+                match checkpoint(&conn, "RESTART") {
+                    Ok(frames) => {
+                        wal.frames.store(0, Ordering::Relaxed);
+                        tracing::debug!(frames, took_ms = started.elapsed().as_secs_f64() * 1e3, "sqlite WAL restarted");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sqlite WAL restart failed"),
+                }
+            }
         }
     }
     drop(conn);
