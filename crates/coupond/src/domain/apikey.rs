@@ -86,7 +86,10 @@ pub struct NewApiKey {
 
 impl NewApiKey {
     pub fn generate(name: &str, scope: Scope) -> NewApiKey {
-        let secret = format!("{KEY_PREFIX}{}", random_string(KEY_ALPHABET, KEY_RANDOM_CHARS));
+        let secret = format!(
+            "{KEY_PREFIX}{}",
+            random_string(KEY_ALPHABET, KEY_RANDOM_CHARS)
+        );
         NewApiKey::from_secret(name, scope, secret)
     }
 

@@ -57,7 +57,10 @@ mod tests {
         let mut counts = [0usize; 36];
         let s = random_string(CODE_ALPHABET, 36_000);
         for b in s.bytes() {
-            let i = CODE_ALPHABET.iter().position(|c| *c == b).expect("in alphabet");
+            let i = CODE_ALPHABET
+                .iter()
+                .position(|c| *c == b)
+                .expect("in alphabet");
             counts[i] += 1;
         }
         // 1000 expected each; 6 sigma is about 190.

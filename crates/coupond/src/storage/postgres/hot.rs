@@ -338,7 +338,13 @@ async fn call(
     }
     let mut tx = store.pool.begin().await?;
     let answer = query.fetch_one(&mut *tx).await?;
-    match store.faults.before_commit(key) {
+    // The fault point sits between a write and its commit; a duplicate wrote nothing.
+    let wrote = answer.outcome != "DUPLICATE";
+    match if wrote {
+        store.faults.before_commit(key)
+    } else {
+        FaultAction::Proceed
+    } {
         FaultAction::Proceed => {}
         // Dropping the transaction rolls it back.
         FaultAction::Fail => return Err(StoreError::InjectedFault),

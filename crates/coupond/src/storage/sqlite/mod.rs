@@ -170,6 +170,10 @@ impl SqliteStore {
         self.write(move |conn| {
             let key = request.claim.key.clone();
             let outcome = commands::execute(conn, request)?;
+            // The fault point sits between a write and its commit; a replay wrote nothing.
+            if !matches!(outcome, WriteOutcome::Executed(_)) {
+                return Ok(outcome);
+            }
             match faults.before_commit(&key) {
                 FaultAction::Proceed => {}
                 FaultAction::Fail => return Err(StoreError::InjectedFault),

@@ -83,11 +83,7 @@ pub fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, rusqlite:
 }
 
 /// Starts the writer thread; it ends when every sender is gone or a `Close` arrives.
-pub fn spawn(
-    conn: Connection,
-    queue: mpsc::Receiver<Job>,
-    wal: Wal,
-) -> std::io::Result<()> {
+pub fn spawn(conn: Connection, queue: mpsc::Receiver<Job>, wal: Wal) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("coupond-sqlite-writer".into())
         .spawn(move || run(conn, queue, &wal))
@@ -168,7 +164,11 @@ fn run(conn: Connection, mut queue: mpsc::Receiver<Job>, wal: &Wal) {
                 match checkpoint(&conn, "RESTART") {
                     Ok(frames) => {
                         wal.frames.store(0, Ordering::Relaxed);
-                        tracing::debug!(frames, took_ms = started.elapsed().as_secs_f64() * 1e3, "sqlite WAL restarted");
+                        tracing::debug!(
+                            frames,
+                            took_ms = started.elapsed().as_secs_f64() * 1e3,
+                            "sqlite WAL restarted"
+                        );
                     }
                     Err(e) => tracing::warn!(error = %e, "sqlite WAL restart failed"),
                 }
