@@ -99,6 +99,7 @@ pub async fn open_store(
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
     state: AppState,
     settings: ServeArgs,
     bootstrap: Bootstrap,
@@ -122,6 +123,18 @@ impl Application {
                 source,
             })?;
         let addr = listener.local_addr().map_err(AppError::Serve)?;
+        let metrics_listener = match settings.metrics_bind {
+            Some(bind) => {
+                // Installed before the first request, so every count is there.
+                crate::metrics::handle();
+                Some(
+                    TcpListener::bind(bind)
+                        .await
+                        .map_err(|source| AppError::Bind { addr: bind, source })?,
+                )
+            }
+            None => None,
+        };
         let bootstrap =
             bootstrap_admin_key(&store, settings.bootstrap_admin_key.as_deref()).await?;
         let keys = Keys::load(store.clone()).await?;
@@ -143,6 +156,7 @@ impl Application {
         Ok(Application {
             listener,
             addr,
+            metrics_listener,
             state,
             settings,
             bootstrap,
@@ -151,6 +165,13 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn store(&self) -> Store {
@@ -171,6 +192,7 @@ impl Application {
         let Application {
             listener,
             addr,
+            metrics_listener,
             state,
             settings,
             bootstrap: _,
@@ -179,6 +201,17 @@ impl Application {
         let purge = spawn_purger(store.clone(), settings.purge_interval);
         let refresher = state.keys.spawn_refresher();
         let keys = state.keys.clone();
+        let metrics_server = metrics_listener.map(|listener| {
+            let router = http::metrics_page::router(state.clone());
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics listening");
+            }
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            })
+        });
         let router = http::router(state, &settings);
         tracing::info!(%addr, backend = store.backend(), "coupond listening");
 
@@ -205,6 +238,9 @@ impl Application {
         };
         purge.abort();
         refresher.abort();
+        if let Some(server) = metrics_server {
+            server.abort();
+        }
         if let Err(e) = keys.flush_usage().await {
             tracing::warn!(error = %e, "recording API key usage failed");
         }

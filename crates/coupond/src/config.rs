@@ -31,6 +31,11 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
 
+    /// Address of the Prometheus `/metrics` listener (needs an API key of any scope).
+    /// Off unless given; never on the API's port.
+    #[arg(long, env = "COUPOND_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+
     /// How long a stored idempotent response is replayed before its key may run anew.
     #[arg(long, env = "COUPOND_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,

@@ -152,10 +152,10 @@ impl InFlight {
 /// its expiry, so an entry is always what the database would say, in every process.
 #[derive(Clone)]
 pub struct RecordCache {
-    entries: Option<
-        Arc<quick_cache::sync::Cache<(String, String), Arc<IdempotencyRecord>, RecordWeight>>,
-    >,
+    entries: Option<Arc<Entries>>,
 }
+
+type Entries = quick_cache::sync::Cache<(String, String), Arc<IdempotencyRecord>, RecordWeight>;
 
 #[derive(Clone)]
 struct RecordWeight;
@@ -246,6 +246,7 @@ pub async fn run_once(
     loop {
         match in_flight.enter(&write.scope, &write.key) {
             Slot::Wait(mut original) => {
+                metrics::counter!(crate::metrics::IN_FLIGHT_WAITS).increment(1);
                 // Woken when the original finishes, whatever its outcome; then go
                 // again: a replay if it committed, our turn if it failed.
                 let waited = tokio::time::timeout_at(deadline, original.changed()).await;

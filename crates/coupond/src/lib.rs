@@ -11,6 +11,7 @@ pub mod faults;
 pub mod http;
 pub mod idempotency;
 pub mod keys;
+pub mod metrics;
 pub mod storage;
 pub mod telemetry;
 pub mod throttle;

@@ -20,7 +20,8 @@ pub fn init(args: &LogArgs) {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    // The request's method, route and id are on its span.
+                    .with_current_span(true)
                     .with_span_list(false)
                     .with_writer(std::io::stderr),
             )

@@ -41,7 +41,7 @@ pub async fn authenticate(
 
 /// The token of an `Authorization: Bearer …` header (scheme in any case), if there is
 /// exactly one such header.
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next()?;
     if values.next().is_some() {

@@ -6,6 +6,8 @@ mod coupons;
 mod envelope;
 mod error;
 mod extract;
+pub mod metrics_page;
+pub mod openapi;
 mod render;
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use tower_http::request_id::{
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
+use utoipa::OpenApi;
 
 pub use error::ApiError;
 
@@ -59,6 +62,7 @@ pub fn router(state: AppState, settings: &ServeArgs) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(request_id))
         .layer(axum::middleware::from_fn(envelope::ensure_envelope))
+        .layer(axum::middleware::from_fn(count_request))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -79,10 +83,34 @@ pub fn router(state: AppState, settings: &ServeArgs) -> Router {
         .route(coupons::LIST_PATH, get(coupons::list_coupons))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi_json))
+        .merge(
+            utoipa_swagger_ui::SwaggerUi::new("/docs")
+                .url("/docs/openapi.json", openapi::ApiDoc::openapi()),
+        )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
         .layer(layers)
+}
+
+/// Counts every answer (after the envelope and auth layers, so it sees what the client
+/// sees) by method, route template and status.
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
 }
 
 fn request_span<B>(request: &Request<B>) -> Span {
@@ -113,10 +141,37 @@ fn log_response(response: &Response, latency: Duration, _span: &Span) {
     );
 }
 
+/// The OpenAPI description of this API.
+async fn openapi_json() -> Response {
+    static SPEC: std::sync::LazyLock<String> = std::sync::LazyLock::new(openapi::spec_json);
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        SPEC.as_str(),
+    )
+        .into_response()
+}
+
+/// The process is up.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = openapi::Health)),
+)]
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// The database is reachable and its schema is up to date.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: `{\"status\": \"ready\", \"database\": …}`", body = openapi::Health),
+        (status = 503, description = "Not ready: `{\"status\": \"unavailable\", \"reason\": …}`", body = openapi::Health),
+    ),
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => {
@@ -147,6 +202,11 @@ async fn write_once(
     fingerprint: String,
     command: Command,
 ) -> Result<Response, ApiError> {
+    let succeeded = match &command {
+        Command::CreateBatch(_) => crate::metrics::BATCHES_CREATED,
+        Command::Issue(_) => crate::metrics::COUPONS_ISSUED,
+        Command::Redeem(_) => crate::metrics::COUPONS_REDEEMED,
+    };
     let write = Write {
         scope: caller.idempotency_scope(),
         key,
@@ -154,18 +214,34 @@ async fn write_once(
         command,
         render: render::render_command_result,
     };
-    match idempotency::run_once(
+    let outcome = idempotency::run_once(
         &state.store,
         &state.in_flight,
         &state.replays,
         state.policy,
         write,
     )
-    .await?
-    {
-        WriteOutcome::Executed(stored) => Ok(render::stored_response(stored, false)),
-        WriteOutcome::Replayed(stored) => Ok(render::stored_response(stored, true)),
-        WriteOutcome::FingerprintMismatch => Err(ApiError::body_mismatch()),
-        WriteOutcome::InProgress => Err(ApiError::in_progress()),
+    .await?;
+    match outcome {
+        WriteOutcome::Executed(stored) => {
+            if (200..300).contains(&stored.status) {
+                metrics::counter!(succeeded).increment(1);
+            } else if let Some(code) = render::error_code(&stored.body) {
+                metrics::counter!(crate::metrics::REJECTIONS, "code" => code).increment(1);
+            }
+            Ok(render::stored_response(stored, false))
+        }
+        WriteOutcome::Replayed(stored) => {
+            metrics::counter!(crate::metrics::REPLAYS).increment(1);
+            Ok(render::stored_response(stored, true))
+        }
+        WriteOutcome::FingerprintMismatch => {
+            metrics::counter!(crate::metrics::MISMATCHES).increment(1);
+            Err(ApiError::body_mismatch())
+        }
+        WriteOutcome::InProgress => {
+            metrics::counter!(crate::metrics::IN_PROGRESS).increment(1);
+            Err(ApiError::in_progress())
+        }
     }
 }

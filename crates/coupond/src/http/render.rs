@@ -5,15 +5,18 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 
 use super::error::envelope_bytes;
 use crate::domain::{Batch, Coupon, Rejection};
 use crate::storage::{CommandResult, Effect, StoredResponse};
 
-#[derive(Serialize)]
+/// A batch: the seed's fields, then `redeem_policy` and `created_at`.
+#[derive(Serialize, ToSchema)]
 pub struct BatchView<'a> {
     pub id: i64,
     pub name: &'a str,
+    #[schema(value_type = super::openapi::DiscountTypeName)]
     pub discount_type: &'static str,
     pub amount: Option<i64>,
     pub percent: Option<i64>,
@@ -21,6 +24,7 @@ pub struct BatchView<'a> {
     pub total_limit: i64,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    #[schema(value_type = super::openapi::RedeemPolicyName)]
     pub redeem_policy: &'static str,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -43,10 +47,12 @@ impl<'a> From<&'a Batch> for BatchView<'a> {
     }
 }
 
-#[derive(Serialize)]
+/// A coupon, as the seed's serializer shows it.
+#[derive(Serialize, ToSchema)]
 pub struct CouponView<'a> {
     pub id: i64,
     pub code: &'a str,
+    #[schema(value_type = super::openapi::CouponStatusName)]
     pub status: &'static str,
     pub issued_to: Option<&'a str>,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -72,7 +78,7 @@ impl<'a> From<&'a Coupon> for CouponView<'a> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CouponList<'a> {
     pub items: Vec<CouponView<'a>>,
 }
@@ -113,6 +119,21 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> StoredResponse {
             body: envelope_bytes("INTERNAL", "response could not be encoded", None),
         },
     }
+}
+
+/// The `error.code` of a stored error body, for counting refusals by code.
+pub fn error_code(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        code: String,
+    }
+    serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .map(|e| e.error.code)
 }
 
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";

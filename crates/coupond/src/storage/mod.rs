@@ -39,6 +39,8 @@ pub enum StoreError {
     Internal(&'static str),
     #[error("a row lock was not granted in time")]
     LockTimeout,
+    #[error("the database schema is at migration {applied:?}, this coupond needs {expected}")]
+    SchemaOutOfDate { applied: Option<i64>, expected: i64 },
 }
 
 impl StoreError {
@@ -145,6 +147,15 @@ impl IdempotencyRecord {
             Some(WriteOutcome::FingerprintMismatch)
         }
     }
+}
+
+/// How busy the database side is, for the metrics page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub in_use: usize,
+    pub idle: usize,
+    /// SQLite: writes waiting for the writer.
+    pub queued_writes: usize,
 }
 
 /// Which time of an idempotency record a purge goes by.
@@ -318,6 +329,13 @@ impl Store {
         }
     }
 
+    pub fn pool_stats(&self) -> PoolStats {
+        match self {
+            Store::Sqlite(s) => s.pool_stats(),
+            Store::Postgres(s) => s.pool_stats(),
+        }
+    }
+
     /// Whether the database answers; for readiness checks.
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
@@ -332,6 +350,19 @@ impl Store {
             Store::Sqlite(s) => s.close().await,
             Store::Postgres(s) => s.close().await,
         }
+    }
+}
+
+/// Readiness: the newest migration applied must be the newest this binary carries.
+fn check_schema(
+    applied: Option<i64>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let expected = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    if applied == Some(expected) {
+        Ok(())
+    } else {
+        Err(StoreError::SchemaOutOfDate { applied, expected })
     }
 }
 

@@ -10,7 +10,7 @@
 
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryAs;
-use sqlx::{FromRow, Postgres};
+use sqlx::{Connection, FromRow, PgConnection, Postgres};
 use time::OffsetDateTime;
 
 use super::PgStore;
@@ -192,6 +192,7 @@ async fn issue_coupon(
     // The id is drawn here, so the response can be rendered before the write; one
     // drawn for a request that turns out to be a replay or a rejection is a gap, as
     // any sequence has.
+    let mut conn = store.acquire().await?;
     let snapshot: IssueSnapshot = sqlx::query_as(&format!(
         "SELECT {RECORD_COLUMNS}, \
              CASE WHEN r.expires_at IS NULL OR r.expires_at <= $3 \
@@ -202,7 +203,7 @@ async fn issue_coupon(
     .bind(&claim.scope)
     .bind(&claim.key)
     .bind(now)
-    .fetch_one(&store.pool)
+    .fetch_one(&mut *conn)
     .await?;
     if let Some(outcome) = snapshot.record.answer(claim, now) {
         return Ok(outcome);
@@ -236,7 +237,7 @@ async fn issue_coupon(
         .bind(&outcomes.names)
         .bind(&outcomes.statuses)
         .bind(&outcomes.bodies);
-        match call(store, &claim.key, query).await {
+        match call(store, &mut conn, &claim.key, query).await {
             // Astronomically rare at 36^10 codes: the statement was undone, try another.
             Err(StoreError::Database(e)) if is_code_collision(&e) => continue,
             Err(e) => return Err(e),
@@ -283,6 +284,7 @@ async fn redeem_coupon(
     render: Render,
     now: OffsetDateTime,
 ) -> Result<WriteOutcome, StoreError> {
+    let mut conn = store.acquire().await?;
     let snapshot: RedeemSnapshot = sqlx::query_as(&format!(
         "SELECT {RECORD_COLUMNS}, c.id, c.batch_id, c.code, c.status, c.issued_to, \
                 c.issued_at, c.created_at \
@@ -293,7 +295,7 @@ async fn redeem_coupon(
     .bind(&claim.scope)
     .bind(&claim.key)
     .bind(&request.code)
-    .fetch_one(&store.pool)
+    .fetch_one(&mut *conn)
     .await?;
     if let Some(outcome) = snapshot.record.answer(claim, now) {
         return Ok(outcome);
@@ -320,7 +322,7 @@ async fn redeem_coupon(
     .bind(&outcomes.names)
     .bind(&outcomes.statuses)
     .bind(&outcomes.bodies);
-    call(store, &claim.key, query)
+    call(store, &mut conn, &claim.key, query)
         .await?
         .into_outcome(&outcomes, claim)
 }
@@ -330,13 +332,14 @@ async fn redeem_coupon(
 /// can be placed after the write and before the commit.
 async fn call(
     store: &PgStore,
+    conn: &mut PgConnection,
     key: &str,
     query: QueryAs<'_, Postgres, Answer, PgArguments>,
 ) -> Result<Answer, StoreError> {
     if !store.faults.armed() {
-        return Ok(query.fetch_one(&store.pool).await?);
+        return Ok(query.fetch_one(&mut *conn).await?);
     }
-    let mut tx = store.pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let answer = query.fetch_one(&mut *tx).await?;
     // The fault point sits between a write and its commit; a duplicate wrote nothing.
     let wrote = answer.outcome != "DUPLICATE";

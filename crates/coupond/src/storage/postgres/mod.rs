@@ -10,13 +10,14 @@ mod keys;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions};
-use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
+use sqlx::{Acquire, FromRow, PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use super::{
-    shard_quotas, Command, CommandResult, Effect, IdempotencyRecord, PurgeBy, StoreError,
-    StoreOptions, StoredResponse, WriteOutcome, WriteRequest,
+    shard_quotas, Command, CommandResult, Effect, IdempotencyRecord, PoolStats, PurgeBy,
+    StoreError, StoreOptions, StoredResponse, WriteOutcome, WriteRequest,
 };
 use crate::domain::{
     Batch, Coupon, CouponStatus, DiscountType, ListFilter, NewBatch, RedeemPolicy,
@@ -26,6 +27,8 @@ use std::sync::Arc;
 
 /// Enough rows that 64 concurrent issues of one batch rarely meet on the same one.
 const MAX_SHARDS: i64 = 16;
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
 /// SQLSTATE lock_not_available: `lock_timeout` ran out.
 const LOCK_NOT_AVAILABLE: &str = "55P03";
 
@@ -155,15 +158,35 @@ impl PgStore {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations/postgres")
-            .run(&self.pool)
-            .await?;
+        MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
+    /// A pooled connection; how long it took to get one is recorded.
+    async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        let started = std::time::Instant::now();
+        let conn = self.pool.acquire().await?;
+        crate::metrics::record_db_wait("pool", started.elapsed());
+        Ok(conn)
+    }
+
+    /// Connections open and idle, for the metrics page.
+    pub fn pool_stats(&self) -> PoolStats {
+        let open = self.pool.size() as usize;
+        let idle = self.pool.num_idle();
+        PoolStats {
+            in_use: open.saturating_sub(idle),
+            idle,
+            queued_writes: 0,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let (applied,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        super::check_schema(applied, &MIGRATOR)
     }
 
     pub async fn close(&self) {
@@ -217,7 +240,8 @@ impl PgStore {
             render,
             now,
         } = request;
-        let mut tx = self.pool.begin().await?;
+        let mut conn = self.acquire().await?;
+        let mut tx = conn.begin().await?;
 
         // Claim the key. A live row from a committed request makes this a no-op; an
         // expired one is taken over; an uncommitted one (a request in flight) makes us
@@ -289,7 +313,8 @@ impl PgStore {
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(filter.limit);
-        let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        let mut conn = self.acquire().await?;
+        let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&mut *conn).await?;
         Ok(rows.into_iter().map(Coupon::from).collect())
     }
 

@@ -18,12 +18,16 @@ use sqlx::Connection;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{IdempotencyRecord, PurgeBy, StoreError, StoreOptions, WriteOutcome, WriteRequest};
+use super::{
+    IdempotencyRecord, PoolStats, PurgeBy, StoreError, StoreOptions, WriteOutcome, WriteRequest,
+};
 use crate::domain::{Coupon, ListFilter};
 use crate::faults::{FaultAction, Faults};
 use commands::COUPON_COLUMNS;
 use reads::ReadPool;
 use writer::Job;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// How long a connection waits for SQLite's own file lock (another process writing the
 /// same file, e.g. `coupond keys`) before it gives up.
@@ -100,7 +104,9 @@ impl SqliteStore {
         F: FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, StoreError>>();
+        let queued = std::time::Instant::now();
         let job: writer::Work = Box::new(move |conn| {
+            crate::metrics::record_db_wait("writer", queued.elapsed());
             let result = work(conn);
             let ok = result.is_ok();
             let reply: writer::Reply = Box::new(move |committed| {
@@ -120,20 +126,34 @@ impl SqliteStore {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Readers idle and writes queued, for the metrics page.
+    pub fn pool_stats(&self) -> PoolStats {
+        let writer = &self.inner.writer;
+        PoolStats {
+            in_use: 0,
+            idle: self.inner.reads.idle(),
+            queued_writes: writer.max_capacity() - writer.capacity(),
+        }
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
         // A connection of its own: the migrator runs its own transactions, and
         // busy_timeout makes it queue behind the writer rather than fail.
         let mut conn = SqliteConnection::connect_with(&self.inner.connect).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&mut conn).await?;
+        MIGRATOR.run(&mut conn).await?;
         conn.close().await?;
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.reads.read(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
+        let applied: Option<i64> = self.inner.reads.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT MAX(version) FROM _sqlx_migrations WHERE success",
+                [],
+                |row| row.get(0),
+            )?)
         })?;
+        super::check_schema(applied, &MIGRATOR)?;
         if self.inner.writer.is_closed() {
             return Err(StoreError::WriterGone);
         }

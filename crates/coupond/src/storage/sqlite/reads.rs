@@ -62,6 +62,11 @@ impl ReadPool {
         result
     }
 
+    /// Connections open and not in use.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().map(|idle| idle.len()).unwrap_or(0)
+    }
+
     /// Drops the idle connections.
     pub fn close(&self) {
         if let Ok(mut idle) = self.idle.lock() {

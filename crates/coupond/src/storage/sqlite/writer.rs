@@ -116,11 +116,9 @@ pub fn spawn_checkpointer(
                     return;
                 }
             };
-            loop {
-                match stop.recv_timeout(CHECKPOINT_EVERY) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => break,
-                }
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop.recv_timeout(CHECKPOINT_EVERY)
+            {
                 let Ok(_checkpointing) = wal.checkpointing.lock() else {
                     break;
                 };
