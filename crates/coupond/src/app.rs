@@ -14,6 +14,7 @@ use crate::domain::{ApiKey, NewApiKey, Scope};
 use crate::faults::Faults;
 use crate::http::{self, AppState};
 use crate::idempotency::{InFlight, Policy, RecordCache};
+use crate::jobs::CodeJobs;
 use crate::keys::Keys;
 use crate::storage::{PurgeBy, Store, StoreError, StoreOptions};
 use crate::throttle::MissThrottle;
@@ -145,6 +146,7 @@ impl Application {
                 settings.not_found_limit,
                 settings.not_found_window,
             )),
+            code_jobs: CodeJobs::default(),
             in_flight: InFlight::default(),
             replays: RecordCache::new(settings.idempotency_cache_mib.saturating_mul(1 << 20)),
             policy: Policy {
@@ -200,6 +202,7 @@ impl Application {
         let store = state.store.clone();
         let purge = spawn_purger(store.clone(), settings.purge_interval);
         let refresher = state.keys.spawn_refresher();
+        let code_jobs = state.code_jobs.spawn(store.clone());
         let keys = state.keys.clone();
         let metrics_server = metrics_listener.map(|listener| {
             let router = http::metrics_page::router(state.clone());
@@ -238,6 +241,7 @@ impl Application {
         };
         purge.abort();
         refresher.abort();
+        code_jobs.abort();
         if let Some(server) = metrics_server {
             server.abort();
         }

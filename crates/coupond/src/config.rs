@@ -12,13 +12,19 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "COUPOND_DATABASE_URL",
-        default_value = "sqlite://coupond.db"
+        default_value = "sqlite://coupond.db",
+        global = true
     )]
     pub database_url: String,
 
     /// Most database connections this process opens (PostgreSQL: the pool; SQLite: the
     /// read pool, beside its one writer).
-    #[arg(long, env = "COUPOND_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "COUPOND_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
     pub db_max_connections: u32,
 }
 
@@ -88,11 +94,11 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LogArgs {
     /// `text` for people, `json` for log collectors (one object per line).
-    #[arg(long, env = "COUPOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "COUPOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
     /// A tracing filter, e.g. `info` or `coupond=debug,sqlx=warn`.
-    #[arg(long, env = "COUPOND_LOG", default_value = "info")]
+    #[arg(long, env = "COUPOND_LOG", default_value = "info", global = true)]
     pub log_level: String,
 }
 

@@ -216,6 +216,8 @@ pub struct Policy {
 /// One write, exactly once per (scope, key).
 pub struct Write {
     pub scope: String,
+    /// The API key making the change.
+    pub actor: Option<i64>,
     pub key: String,
     pub fingerprint: String,
     pub command: Command,
@@ -257,6 +259,7 @@ pub async fn run_once(
             Slot::Run(guard) => {
                 let now = crate::domain::now();
                 let request = WriteRequest {
+                    actor: write.actor,
                     claim: IdempotencyClaim {
                         scope: write.scope,
                         key: write.key,

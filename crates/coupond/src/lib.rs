@@ -10,6 +10,7 @@ pub mod domain;
 pub mod faults;
 pub mod http;
 pub mod idempotency;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod storage;

@@ -12,7 +12,11 @@ pub const HTTP_REQUESTS: &str = "coupond_http_requests_total";
 pub const HTTP_DURATION: &str = "coupond_http_request_duration_seconds";
 pub const COUPONS_ISSUED: &str = "coupond_coupons_issued_total";
 pub const COUPONS_REDEEMED: &str = "coupond_coupons_redeemed_total";
+pub const COUPONS_CANCELLED: &str = "coupond_coupons_cancelled_total";
+pub const COUPONS_UNREDEEMED: &str = "coupond_coupons_unredeemed_total";
 pub const BATCHES_CREATED: &str = "coupond_batches_created_total";
+pub const BATCH_CHANGES: &str = "coupond_batch_activations_total";
+pub const CODE_JOBS_STARTED: &str = "coupond_code_jobs_started_total";
 pub const REJECTIONS: &str = "coupond_rejections_total";
 pub const REPLAYS: &str = "coupond_idempotency_replays_total";
 pub const MISMATCHES: &str = "coupond_idempotency_mismatches_total";
@@ -61,7 +65,11 @@ fn describe() {
         COUPONS_REDEEMED,
         "Coupons redeemed (first executions, not replays)"
     );
+    describe_counter!(COUPONS_CANCELLED, "Coupons cancelled");
+    describe_counter!(COUPONS_UNREDEEMED, "Redemptions given back");
     describe_counter!(BATCHES_CREATED, "Coupon batches created");
+    describe_counter!(BATCH_CHANGES, "Batches activated or deactivated");
+    describe_counter!(CODE_JOBS_STARTED, "Bulk-code jobs started");
     describe_counter!(
         REJECTIONS,
         "Business refusals, by error code (first executions, not replays)"

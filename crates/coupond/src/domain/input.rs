@@ -175,6 +175,28 @@ impl<'a> Fields<'a> {
         self.get(field).is_some()
     }
 
+    /// A string of at most `max_chars` that may be empty, if given.
+    pub fn optional_prefix(&mut self, field: &str, max_chars: usize) -> Option<String> {
+        match self.get(field)? {
+            Value::String(s) if s.chars().count() <= max_chars => Some(s.clone()),
+            Value::String(_) => {
+                self.errors
+                    .add(field, format!("must be at most {max_chars} characters"));
+                None
+            }
+            _ => {
+                self.errors.add(field, "must be a string");
+                None
+            }
+        }
+    }
+
+    /// An RFC 3339 timestamp, if given.
+    pub fn optional_timestamp(&mut self, field: &str) -> Option<OffsetDateTime> {
+        self.get(field)?;
+        self.required_timestamp(field)
+    }
+
     /// An RFC 3339 timestamp, normalised to UTC.
     pub fn required_timestamp(&mut self, field: &str) -> Option<OffsetDateTime> {
         match self.get(field) {

@@ -4,13 +4,22 @@ pub mod apikey;
 pub mod batch;
 pub mod code;
 pub mod coupon;
+pub mod cursor;
+pub mod discount;
 pub mod input;
+pub mod job;
 pub mod rejection;
 
 pub use apikey::{Access, ApiKey, NewApiKey, Scope};
-pub use batch::{Batch, DiscountType, NewBatch, RedeemPolicy};
-pub use coupon::{Coupon, CouponStatus, IssueRequest, ListFilter, RedeemRequest};
+pub use batch::{Batch, BatchStats, DiscountType, NewBatch, RedeemPolicy};
+pub use code::{Alphabet, CodeFormat};
+pub use coupon::{
+    CancelRequest, Coupon, CouponEvent, CouponStatus, EventKind, IssueRequest, ListFilter,
+    RedeemRequest, UnredeemRequest, ValidateRequest,
+};
+pub use discount::Discount;
 pub use input::FieldErrors;
+pub use job::{CodeJob, JobStatus, NewCodeJob};
 pub use rejection::Rejection;
 
 use time::OffsetDateTime;

@@ -2,6 +2,7 @@
 //! the wire and the domain; the rules live in `domain`, the transactions in `storage`.
 
 mod auth;
+mod batches;
 mod coupons;
 mod envelope;
 mod error;
@@ -28,12 +29,12 @@ use tower_http::request_id::{
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tracing::Span;
-use utoipa::OpenApi;
 
 pub use error::ApiError;
 
 use crate::config::ServeArgs;
 use crate::idempotency::{self, InFlight, Policy, RecordCache, Write};
+use crate::jobs::CodeJobs;
 use crate::keys::{Caller, Keys};
 use crate::storage::{Command, Store, WriteOutcome};
 use crate::throttle::MissThrottle;
@@ -42,6 +43,7 @@ use crate::throttle::MissThrottle;
 pub struct AppState {
     pub store: Store,
     pub keys: Keys,
+    pub code_jobs: CodeJobs,
     pub in_flight: InFlight,
     pub replays: RecordCache,
     pub policy: Policy,
@@ -77,16 +79,47 @@ pub fn router(state: AppState, settings: &ServeArgs) -> Router {
         ));
 
     Router::new()
-        .route(coupons::BATCHES_PATH, post(coupons::create_batch))
-        .route(coupons::ISSUE_PATH, post(coupons::issue_coupon))
-        .route(coupons::REDEEM_PATH, post(coupons::redeem_coupon))
-        .route(coupons::LIST_PATH, get(coupons::list_coupons))
+        .route(
+            "/v1/coupon-batches/",
+            post(batches::create_batch).get(batches::list_batches),
+        )
+        .route("/v1/coupon-batches/{id}/", get(batches::get_batch))
+        .route(
+            "/v1/coupon-batches/{id}/activate/",
+            post(batches::activate_batch),
+        )
+        .route(
+            "/v1/coupon-batches/{id}/deactivate/",
+            post(batches::deactivate_batch),
+        )
+        .route(
+            "/v1/coupon-batches/{id}/codes/",
+            post(batches::start_code_job),
+        )
+        .route(
+            "/v1/coupon-batches/{id}/codes/{job_id}/",
+            get(batches::get_code_job),
+        )
+        .route(
+            "/v1/coupon-batches/{id}/codes.csv",
+            get(batches::export_codes),
+        )
+        .route("/v1/coupons/", get(coupons::list_coupons))
+        .route("/v1/coupons/issue/", post(coupons::issue_coupon))
+        .route("/v1/coupons/redeem/", post(coupons::redeem_coupon))
+        .route("/v1/coupons/validate/", post(coupons::validate_coupon))
+        .route("/v1/coupons/cancel/", post(coupons::cancel_coupon))
+        .route("/v1/coupons/unredeem/", post(coupons::unredeem_coupon))
+        .route("/v1/coupons/{code}/", get(coupons::get_coupon))
+        .route("/v1/coupons/{code}/events/", get(coupons::coupon_events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi_json))
+        // The page and its assets are compiled in; it reads the spec from /openapi.json
+        // and calls nothing outside (no online validator).
         .merge(
             utoipa_swagger_ui::SwaggerUi::new("/docs")
-                .url("/docs/openapi.json", openapi::ApiDoc::openapi()),
+                .config(utoipa_swagger_ui::Config::new(["/openapi.json"]).validator_url("none")),
         )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -195,6 +228,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// The path every write takes: once per idempotency key, the response stored with the
 /// effect, replays marked.
+/// The parameters of a query string, in order.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| ApiError::bad_request("the query string could not be decoded"))
+}
+
+/// The path every write takes: once per idempotency key, the response stored with the
+/// effect, replays marked.
 async fn write_once(
     state: &AppState,
     caller: &Caller,
@@ -206,9 +247,14 @@ async fn write_once(
         Command::CreateBatch(_) => crate::metrics::BATCHES_CREATED,
         Command::Issue(_) => crate::metrics::COUPONS_ISSUED,
         Command::Redeem(_) => crate::metrics::COUPONS_REDEEMED,
+        Command::Cancel(_) => crate::metrics::COUPONS_CANCELLED,
+        Command::Unredeem(_) => crate::metrics::COUPONS_UNREDEEMED,
+        Command::SetBatchActive { .. } => crate::metrics::BATCH_CHANGES,
+        Command::StartCodeJob(_) => crate::metrics::CODE_JOBS_STARTED,
     };
     let write = Write {
         scope: caller.idempotency_scope(),
+        actor: Some(caller.key_id),
         key,
         fingerprint,
         command,

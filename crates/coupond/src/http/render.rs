@@ -1,5 +1,5 @@
-//! The wire shapes of batches and coupons (the seed's serializers) and the responses
-//! that writes store for replay.
+//! The wire shapes of batches, coupons and jobs (the seed's serializers for the seed's
+//! endpoints, extended ones for the rest), and the responses writes store for replay.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,10 +8,20 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::error::envelope_bytes;
-use crate::domain::{Batch, Coupon, Rejection};
+use crate::domain::{cursor, Batch, BatchStats, CodeJob, Coupon, CouponEvent, Rejection};
 use crate::storage::{CommandResult, Effect, StoredResponse};
 
-/// A batch: the seed's fields, then `redeem_policy` and `created_at`.
+/// A batch's counters. `issued` counts every coupon it ever handed out, redeemed,
+/// cancelled and pre-generated ones included; `remaining` is what it can still hand out.
+#[derive(Serialize, ToSchema)]
+pub struct StatsView {
+    pub issued: i64,
+    pub redeemed: i64,
+    pub cancelled: i64,
+    pub remaining: i64,
+}
+
+/// A batch: the seed's fields first, then coupond's.
 #[derive(Serialize, ToSchema)]
 pub struct BatchView<'a> {
     pub id: i64,
@@ -26,12 +36,23 @@ pub struct BatchView<'a> {
     pub expires_at: OffsetDateTime,
     #[schema(value_type = super::openapi::RedeemPolicyName)]
     pub redeem_policy: &'static str,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub starts_at: Option<OffsetDateTime>,
+    pub min_order_amount: Option<i64>,
+    pub max_discount: Option<i64>,
+    pub currency: Option<&'a str>,
+    pub active: bool,
+    pub code_length: usize,
+    pub code_prefix: &'a str,
+    #[schema(value_type = super::openapi::AlphabetName)]
+    pub code_alphabet: &'static str,
+    pub stats: StatsView,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
 }
 
-impl<'a> From<&'a Batch> for BatchView<'a> {
-    fn from(b: &'a Batch) -> Self {
+impl<'a> BatchView<'a> {
+    pub fn new(b: &'a Batch, stats: BatchStats) -> Self {
         BatchView {
             id: b.id,
             name: &b.name,
@@ -42,12 +63,26 @@ impl<'a> From<&'a Batch> for BatchView<'a> {
             total_limit: b.total_limit,
             expires_at: b.expires_at,
             redeem_policy: b.redeem_policy.as_str(),
+            starts_at: b.starts_at,
+            min_order_amount: b.min_order_amount,
+            max_discount: b.max_discount,
+            currency: b.currency.as_deref(),
+            active: b.active,
+            code_length: b.code_format.length,
+            code_prefix: &b.code_format.prefix,
+            code_alphabet: b.code_format.alphabet.as_str(),
+            stats: StatsView {
+                issued: stats.issued,
+                redeemed: stats.redeemed,
+                cancelled: stats.cancelled,
+                remaining: stats.remaining(b.total_limit),
+            },
             created_at: b.created_at,
         }
     }
 }
 
-/// A coupon, as the seed's serializer shows it.
+/// A coupon, exactly as the seed's serializer shows it.
 #[derive(Serialize, ToSchema)]
 pub struct CouponView<'a> {
     pub id: i64,
@@ -63,12 +98,13 @@ pub struct CouponView<'a> {
     pub order_id: Option<&'a str>,
 }
 
-impl<'a> From<&'a Coupon> for CouponView<'a> {
-    fn from(c: &'a Coupon) -> Self {
+impl<'a> CouponView<'a> {
+    /// As seen at `now` (a coupon whose batch expired unused reads `expired`).
+    pub fn new(c: &'a Coupon, now: OffsetDateTime) -> Self {
         CouponView {
             id: c.id,
             code: &c.code,
-            status: c.status.as_str(),
+            status: c.status_at(now).as_str(),
             issued_to: c.issued_to.as_deref(),
             issued_at: c.issued_at,
             redeemed_by: c.redeemed_by.as_deref(),
@@ -78,30 +114,178 @@ impl<'a> From<&'a Coupon> for CouponView<'a> {
     }
 }
 
+/// A redeemed coupon: the seed's fields, and when the request gave an `order_amount`,
+/// the amount and the discount it earned.
+#[derive(Serialize, ToSchema)]
+pub struct RedeemView<'a> {
+    #[serde(flatten)]
+    pub coupon: CouponView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_amount: Option<i64>,
+    /// Present with `order_amount`; `null` only if a percentage could not be computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discount_amount: Option<Option<i64>>,
+}
+
+impl<'a> RedeemView<'a> {
+    pub fn new(c: &'a Coupon, now: OffsetDateTime) -> Self {
+        RedeemView {
+            coupon: CouponView::new(c, now),
+            order_amount: c.order_amount,
+            discount_amount: c.order_amount.map(|_| c.discount_amount),
+        }
+    }
+}
+
+/// A coupon with everything coupond knows about it.
+#[derive(Serialize, ToSchema)]
+pub struct CouponDetail<'a> {
+    #[serde(flatten)]
+    pub coupon: CouponView<'a>,
+    pub batch_id: i64,
+    pub order_amount: Option<i64>,
+    pub discount_amount: Option<i64>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl<'a> CouponDetail<'a> {
+    pub fn new(c: &'a Coupon, now: OffsetDateTime) -> Self {
+        CouponDetail {
+            coupon: CouponView::new(c, now),
+            batch_id: c.batch_id,
+            order_amount: c.order_amount,
+            discount_amount: c.discount_amount,
+            created_at: c.created_at,
+        }
+    }
+}
+
+/// A page of coupons, newest first: `{"items": [...]}` as the seed answers, with
+/// `next_cursor` when there may be more (pass it as `cursor` for the next page).
 #[derive(Serialize, ToSchema)]
 pub struct CouponList<'a> {
     pub items: Vec<CouponView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A page of batches, newest first, with `next_cursor` when there may be more.
+#[derive(Serialize, ToSchema)]
+pub struct BatchList<'a> {
+    pub items: Vec<BatchView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// The cursor after a page, if the page was full (there may be more).
+pub fn next_cursor(last_id: Option<i64>, len: usize, limit: i64) -> Option<String> {
+    let full = i64::try_from(len).is_ok_and(|n| n >= limit);
+    last_id.filter(|_| full).map(cursor::encode)
+}
+
+/// A bulk-code job and how far it got.
+#[derive(Serialize, ToSchema)]
+pub struct JobView {
+    pub id: i64,
+    pub batch_id: i64,
+    pub requested: i64,
+    pub generated: i64,
+    #[schema(value_type = super::openapi::JobStatusName)]
+    pub status: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub finished_at: Option<OffsetDateTime>,
+}
+
+impl From<&CodeJob> for JobView {
+    fn from(j: &CodeJob) -> Self {
+        JobView {
+            id: j.id,
+            batch_id: j.batch_id,
+            requested: j.requested,
+            generated: j.generated,
+            status: j.status.as_str(),
+            created_at: j.created_at,
+            finished_at: j.finished_at,
+        }
+    }
+}
+
+/// One change in a coupon's life.
+#[derive(Serialize, ToSchema)]
+pub struct EventView<'a> {
+    #[schema(value_type = super::openapi::EventKindName)]
+    pub kind: &'static str,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The API key that made the change (none for an expiry).
+    pub api_key_id: Option<i64>,
+    pub user_id: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
+impl<'a> From<&'a CouponEvent> for EventView<'a> {
+    fn from(e: &'a CouponEvent) -> Self {
+        EventView {
+            kind: e.kind.as_str(),
+            at: e.at,
+            api_key_id: e.api_key_id,
+            user_id: e.user_id.as_deref(),
+            order_id: e.order_id.as_deref(),
+            reason: e.reason.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventList<'a> {
+    pub items: Vec<EventView<'a>>,
+}
+
+/// The answer of `/v1/coupons/validate/` when redeem would succeed.
+#[derive(Serialize, ToSchema)]
+pub struct ValidView<'a> {
+    pub valid: bool,
+    /// On the given `order_amount`; without one, a fixed discount's amount, or `null`
+    /// for a percentage.
+    pub discount_amount: Option<i64>,
+    pub coupon: CouponDetail<'a>,
 }
 
 /// A write's result as the response stored with it: a `Render` for the store.
-pub fn render_command_result(result: &CommandResult) -> StoredResponse {
+pub fn render_command_result(result: &CommandResult, now: OffsetDateTime) -> StoredResponse {
     match result {
-        Ok(Effect::BatchCreated(batch)) => json(StatusCode::CREATED, &BatchView::from(batch)),
-        Ok(Effect::Issued(coupon)) | Ok(Effect::Redeemed(coupon)) => {
-            json(StatusCode::OK, &CouponView::from(coupon))
+        Ok(Effect::BatchCreated(batch)) => json(
+            StatusCode::CREATED,
+            &BatchView::new(batch, BatchStats::default()),
+        ),
+        Ok(Effect::Issued(coupon)) => json(StatusCode::OK, &CouponView::new(coupon, now)),
+        Ok(Effect::Redeemed(coupon)) => json(StatusCode::OK, &RedeemView::new(coupon, now)),
+        Ok(Effect::Cancelled(coupon)) | Ok(Effect::Unredeemed(coupon)) => {
+            json(StatusCode::OK, &CouponDetail::new(coupon, now))
         }
+        Ok(Effect::BatchUpdated(batch, stats)) => {
+            json(StatusCode::OK, &BatchView::new(batch, *stats))
+        }
+        Ok(Effect::CodeJobStarted(job)) => json(StatusCode::ACCEPTED, &JobView::from(job)),
         Err(rejection) => render_rejection(*rejection),
     }
 }
 
-fn render_rejection(rejection: Rejection) -> StoredResponse {
-    let status = if rejection.is_not_found() {
+pub fn rejection_status(rejection: Rejection) -> StatusCode {
+    if rejection.is_not_found() {
         StatusCode::NOT_FOUND
     } else {
         StatusCode::CONFLICT
-    };
+    }
+}
+
+fn render_rejection(rejection: Rejection) -> StoredResponse {
     StoredResponse {
-        status: status.as_u16(),
+        status: rejection_status(rejection).as_u16(),
         body: envelope_bytes(rejection.code(), &rejection.to_string(), None),
     }
 }

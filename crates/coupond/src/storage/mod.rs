@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+use crate::domain::coupon::Page;
 use crate::domain::{
-    ApiKey, Batch, Coupon, IssueRequest, ListFilter, NewApiKey, NewBatch, RedeemRequest, Rejection,
+    ApiKey, Batch, BatchStats, CancelRequest, CodeJob, Coupon, CouponEvent, IssueRequest,
+    ListFilter, NewApiKey, NewBatch, NewCodeJob, RedeemRequest, Rejection, UnredeemRequest,
 };
 use crate::faults::Faults;
 
@@ -76,6 +78,10 @@ pub enum Command {
     CreateBatch(NewBatch),
     Issue(IssueRequest),
     Redeem(RedeemRequest),
+    Cancel(CancelRequest),
+    Unredeem(UnredeemRequest),
+    SetBatchActive { batch_id: i64, active: bool },
+    StartCodeJob(NewCodeJob),
 }
 
 /// What a command did when it succeeded.
@@ -84,6 +90,10 @@ pub enum Effect {
     BatchCreated(Batch),
     Issued(Coupon),
     Redeemed(Coupon),
+    Cancelled(Coupon),
+    Unredeemed(Coupon),
+    BatchUpdated(Batch, BatchStats),
+    CodeJobStarted(CodeJob),
 }
 
 pub type CommandResult = Result<Effect, Rejection>;
@@ -98,7 +108,7 @@ pub struct StoredResponse {
 /// Turns a command's result into the response that is stored with it. The HTTP layer
 /// supplies it, so the store never needs to know the wire format, yet the response is
 /// written in the same transaction as the effect.
-pub type Render = fn(&CommandResult) -> StoredResponse;
+pub type Render = fn(&CommandResult, OffsetDateTime) -> StoredResponse;
 
 #[derive(Debug, Clone)]
 pub struct IdempotencyClaim {
@@ -111,6 +121,8 @@ pub struct IdempotencyClaim {
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
     pub claim: IdempotencyClaim,
+    /// The API key making the change, for the coupon's history.
+    pub actor: Option<i64>,
     pub command: Command,
     pub render: Render,
     pub now: OffsetDateTime,
@@ -147,6 +159,33 @@ impl IdempotencyRecord {
             Some(WriteOutcome::FingerprintMismatch)
         }
     }
+}
+
+/// A change to append to a coupon's history.
+pub(crate) struct NewEvent<'a> {
+    pub coupon_id: i64,
+    pub kind: crate::domain::EventKind,
+    pub at: OffsetDateTime,
+    pub actor: Option<i64>,
+    pub user_id: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub reason: Option<&'a str>,
+}
+
+/// A coupon as found by its code, with what a reader of it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponRecord {
+    pub coupon: Coupon,
+    pub batch: Batch,
+    pub created_by: Option<i64>,
+}
+
+/// The batch list's query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchFilter {
+    pub page: Page,
+    pub active: Option<bool>,
+    pub name: Option<String>,
 }
 
 /// How busy the database side is, for the metrics page.
@@ -243,6 +282,80 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.list_coupons(filter).await,
             Store::Postgres(s) => s.list_coupons(filter).await,
+        }
+    }
+
+    /// A batch with its counters.
+    pub async fn get_batch(&self, id: i64) -> Result<Option<(Batch, BatchStats)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_batch(id).await,
+            Store::Postgres(s) => s.get_batch(id).await,
+        }
+    }
+
+    /// Batches, newest first, a page at a time; `name` matches part of the name in any
+    /// case.
+    pub async fn list_batches(
+        &self,
+        filter: &BatchFilter,
+    ) -> Result<Vec<(Batch, BatchStats)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.list_batches(filter).await,
+            Store::Postgres(s) => s.list_batches(filter).await,
+        }
+    }
+
+    /// A coupon by its (normalised) code, with its batch and the API key that created
+    /// it.
+    pub async fn find_coupon(&self, code: &str) -> Result<Option<CouponRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.find_coupon(code).await,
+            Store::Postgres(s) => s.find_coupon(code).await,
+        }
+    }
+
+    /// The changes stored for a coupon, oldest first.
+    pub async fn coupon_events(&self, coupon_id: i64) -> Result<Vec<CouponEvent>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.coupon_events(coupon_id).await,
+            Store::Postgres(s) => s.coupon_events(coupon_id).await,
+        }
+    }
+
+    pub async fn get_code_job(&self, id: i64) -> Result<Option<CodeJob>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_code_job(id).await,
+            Store::Postgres(s) => s.get_code_job(id).await,
+        }
+    }
+
+    /// Jobs still generating codes (after a restart, the ones to resume).
+    pub async fn running_code_jobs(&self) -> Result<Vec<CodeJob>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.running_code_jobs().await,
+            Store::Postgres(s) => s.running_code_jobs().await,
+        }
+    }
+
+    /// Generates the next chunk of a job's codes in one transaction, together with the
+    /// job's progress; answers the job as it stands afterwards.
+    pub async fn run_code_job_chunk(&self, job_id: i64) -> Result<Option<CodeJob>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.run_code_job_chunk(job_id).await,
+            Store::Postgres(s) => s.run_code_job_chunk(job_id).await,
+        }
+    }
+
+    /// A batch's coupons in id order, a page at a time, for exports.
+    pub async fn batch_coupons(
+        &self,
+        batch_id: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<Coupon>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.batch_coupons(batch_id, after_id, limit).await,
+            Store::Postgres(s) => s.batch_coupons(batch_id, after_id, limit).await,
         }
     }
 
@@ -364,6 +477,18 @@ fn check_schema(
     } else {
         Err(StoreError::SchemaOutOfDate { applied, expected })
     }
+}
+
+/// `%`, `_` and `\` in a LIKE pattern made literal.
+pub(crate) fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// How a batch's capacity is split over counter rows, so that concurrent issues of one

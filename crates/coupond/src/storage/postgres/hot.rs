@@ -14,9 +14,11 @@ use sqlx::{Connection, FromRow, PgConnection, Postgres};
 use time::OffsetDateTime;
 
 use super::PgStore;
-use crate::domain::code::{generate_code, MAX_CODE_ATTEMPTS};
-use crate::domain::coupon::{ISSUE_REJECTIONS, REDEEM_REJECTIONS};
-use crate::domain::{Coupon, CouponStatus, IssueRequest, RedeemRequest, Rejection};
+use crate::domain::code::{Alphabet, CodeFormat, MAX_CODE_ATTEMPTS};
+use crate::domain::coupon::{discount_for, ISSUE_REJECTIONS, REDEEM_REJECTIONS};
+use crate::domain::{
+    Coupon, CouponStatus, Discount, DiscountType, IssueRequest, RedeemRequest, Rejection,
+};
 use crate::faults::FaultAction;
 use crate::storage::{
     Command, Effect, IdempotencyClaim, IdempotencyRecord, Render, StoreError, StoredResponse,
@@ -36,18 +38,24 @@ pub(super) async fn execute(
 ) -> Result<WriteOutcome, StoreError> {
     let WriteRequest {
         claim,
+        actor,
         command,
         render,
         now,
     } = request;
+    let call = Call {
+        store,
+        claim: &claim,
+        actor,
+        render,
+        now,
+    };
     let mut stale = 0;
     loop {
         let result = match &command {
-            Command::Issue(issue) => issue_coupon(store, &claim, issue, render, now).await,
-            Command::Redeem(redeem) => redeem_coupon(store, &claim, redeem, render, now).await,
-            Command::CreateBatch(_) => {
-                return Err(StoreError::Internal("general command on the hot path"))
-            }
+            Command::Issue(issue) => issue_coupon(&call, issue).await,
+            Command::Redeem(redeem) => redeem_coupon(&call, redeem).await,
+            _ => return Err(StoreError::Internal("general command on the hot path")),
         };
         match result {
             Err(StoreError::Database(e)) if is_sqlstate(&e, UNFORESEEN_OUTCOME) => {
@@ -61,6 +69,15 @@ pub(super) async fn execute(
     }
 }
 
+/// What every hot write needs besides its own request.
+struct Call<'a> {
+    store: &'a PgStore,
+    claim: &'a IdempotencyClaim,
+    actor: Option<i64>,
+    render: Render,
+    now: OffsetDateTime,
+}
+
 /// The responses of every outcome, as parallel arrays for the SQL function.
 struct Outcomes {
     names: Vec<&'static str>,
@@ -71,6 +88,7 @@ struct Outcomes {
 impl Outcomes {
     fn render(
         render: Render,
+        now: OffsetDateTime,
         success: Option<(&'static str, Effect)>,
         rejections: &[Rejection],
     ) -> Self {
@@ -80,10 +98,10 @@ impl Outcomes {
             bodies: Vec::with_capacity(rejections.len() + 1),
         };
         if let Some((name, effect)) = success {
-            outcomes.push(name, render(&Ok(effect)));
+            outcomes.push(name, render(&Ok(effect), now));
         }
         for rejection in rejections {
-            outcomes.push(rejection.code(), render(&Err(*rejection)));
+            outcomes.push(rejection.code(), render(&Err(*rejection), now));
         }
         outcomes
     }
@@ -180,15 +198,39 @@ struct IssueSnapshot {
     #[sqlx(flatten)]
     record: RecordColumns,
     next_id: Option<i64>,
+    code_length: Option<i32>,
+    code_prefix: Option<String>,
+    code_alphabet: Option<String>,
 }
 
-async fn issue_coupon(
-    store: &PgStore,
-    claim: &IdempotencyClaim,
-    request: &IssueRequest,
-    render: Render,
-    now: OffsetDateTime,
-) -> Result<WriteOutcome, StoreError> {
+impl IssueSnapshot {
+    /// The batch's code format; the seed's when there is no such batch (the function
+    /// will answer BATCH_NOT_FOUND, and no code is used).
+    fn code_format(&self) -> CodeFormat {
+        let default = CodeFormat::default();
+        CodeFormat {
+            length: self
+                .code_length
+                .and_then(|l| usize::try_from(l).ok())
+                .unwrap_or(default.length),
+            prefix: self.code_prefix.clone().unwrap_or(default.prefix),
+            alphabet: self
+                .code_alphabet
+                .as_deref()
+                .and_then(Alphabet::parse)
+                .unwrap_or(default.alphabet),
+        }
+    }
+}
+
+async fn issue_coupon(call: &Call<'_>, request: &IssueRequest) -> Result<WriteOutcome, StoreError> {
+    let Call {
+        store,
+        claim,
+        actor,
+        render,
+        now,
+    } = *call;
     // The id is drawn here, so the response can be rendered before the write; one
     // drawn for a request that turns out to be a replay or a rejection is a gap, as
     // any sequence has.
@@ -196,13 +238,16 @@ async fn issue_coupon(
     let snapshot: IssueSnapshot = sqlx::query_as(&format!(
         "SELECT {RECORD_COLUMNS}, \
              CASE WHEN r.expires_at IS NULL OR r.expires_at <= $3 \
-                  THEN nextval('coupons_id_seq') END AS next_id \
+                  THEN nextval('coupons_id_seq') END AS next_id, \
+             b.code_length, b.code_prefix, b.code_alphabet \
          FROM (SELECT 1) AS one \
-         LEFT JOIN idempotency_records r ON r.scope = $1 AND r.key = $2"
+         LEFT JOIN idempotency_records r ON r.scope = $1 AND r.key = $2 \
+         LEFT JOIN coupon_batches b ON b.id = $4"
     ))
     .bind(&claim.scope)
     .bind(&claim.key)
     .bind(now)
+    .bind(request.batch_id)
     .fetch_one(&mut *conn)
     .await?;
     if let Some(outcome) = snapshot.record.answer(claim, now) {
@@ -211,18 +256,26 @@ async fn issue_coupon(
     let id = snapshot
         .next_id
         .ok_or(StoreError::Internal("no coupon id drawn"))?;
+    let format = snapshot.code_format();
 
     for _ in 0..MAX_CODE_ATTEMPTS {
-        let coupon = Coupon::issued(id, request.batch_id, generate_code(), &request.user_id, now);
+        let coupon = Coupon::issued(
+            id,
+            request.batch_id,
+            format.generate(),
+            &request.user_id,
+            now,
+        );
         let code = coupon.code.clone();
         let outcomes = Outcomes::render(
             render,
+            now,
             Some(("ISSUED", Effect::Issued(coupon))),
             ISSUE_REJECTIONS,
         );
         let query = sqlx::query_as(
             "SELECT outcome, fingerprint, response_status, response_body FROM coupond_issue(\
-                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&claim.scope)
         .bind(&claim.key)
@@ -234,11 +287,12 @@ async fn issue_coupon(
         .bind(id)
         .bind(&code)
         .bind(i32::from(rand::random::<u8>() % super::MAX_SHARDS as u8))
+        .bind(actor)
         .bind(&outcomes.names)
         .bind(&outcomes.statuses)
         .bind(&outcomes.bodies);
-        match call(store, &mut conn, &claim.key, query).await {
-            // Astronomically rare at 36^10 codes: the statement was undone, try another.
+        match run(store, &mut conn, &claim.key, query).await {
+            // Astronomically rare: the statement was undone, try another code.
             Err(StoreError::Database(e)) if is_code_collision(&e) => continue,
             Err(e) => return Err(e),
             Ok(answer) => return answer.into_outcome(&outcomes, claim),
@@ -258,39 +312,59 @@ struct RedeemSnapshot {
     issued_to: Option<String>,
     issued_at: Option<OffsetDateTime>,
     created_at: Option<OffsetDateTime>,
+    discount_type: Option<String>,
+    amount: Option<i64>,
+    percent: Option<i64>,
+    max_discount: Option<i64>,
 }
 
 impl RedeemSnapshot {
     fn coupon(&self) -> Option<Coupon> {
-        Some(Coupon {
-            id: self.id?,
-            batch_id: self.batch_id?,
-            code: self.code.clone()?,
-            status: CouponStatus::parse(self.status.as_deref()?)?,
-            issued_to: self.issued_to.clone(),
-            issued_at: self.issued_at,
-            redeemed_by: None,
-            redeemed_at: None,
-            order_id: None,
-            created_at: self.created_at?,
+        let mut coupon = Coupon::issued(
+            self.id?,
+            self.batch_id?,
+            self.code.clone()?,
+            "",
+            self.created_at?,
+        );
+        coupon.status = CouponStatus::parse(self.status.as_deref()?)?;
+        coupon.issued_to = self.issued_to.clone();
+        coupon.issued_at = self.issued_at;
+        Some(coupon)
+    }
+
+    fn discount(&self) -> Option<Discount> {
+        Some(match DiscountType::parse(self.discount_type.as_deref()?)? {
+            DiscountType::Fixed => Discount::Fixed {
+                amount: self.amount?,
+            },
+            DiscountType::Percent => Discount::Percent {
+                percent: self.percent?,
+                cap: self.max_discount,
+            },
         })
     }
 }
 
 async fn redeem_coupon(
-    store: &PgStore,
-    claim: &IdempotencyClaim,
+    call: &Call<'_>,
     request: &RedeemRequest,
-    render: Render,
-    now: OffsetDateTime,
 ) -> Result<WriteOutcome, StoreError> {
+    let Call {
+        store,
+        claim,
+        actor,
+        render,
+        now,
+    } = *call;
     let mut conn = store.acquire().await?;
     let snapshot: RedeemSnapshot = sqlx::query_as(&format!(
         "SELECT {RECORD_COLUMNS}, c.id, c.batch_id, c.code, c.status, c.issued_to, \
-                c.issued_at, c.created_at \
+                c.issued_at, c.created_at, b.discount_type, b.amount, b.percent, b.max_discount \
          FROM (SELECT 1) AS one \
          LEFT JOIN idempotency_records r ON r.scope = $1 AND r.key = $2 \
-         LEFT JOIN coupons c ON c.code = $3"
+         LEFT JOIN coupons c ON c.code = $3 \
+         LEFT JOIN coupon_batches b ON b.id = c.batch_id"
     ))
     .bind(&claim.scope)
     .bind(&claim.key)
@@ -300,16 +374,20 @@ async fn redeem_coupon(
     if let Some(outcome) = snapshot.record.answer(claim, now) {
         return Ok(outcome);
     }
-    // The fields a redemption leaves alone never change once a coupon exists, so the
-    // success response rendered from this snapshot is the one the write produces.
+    // What a redemption leaves alone never changes once a coupon exists, and a batch's
+    // discount never changes, so the success response rendered from this snapshot is
+    // the one the write produces.
+    let discount = snapshot
+        .discount()
+        .and_then(|d| discount_for(d, request.order_amount));
     let success = snapshot.coupon().map(|mut coupon| {
-        coupon.redeem(request, now);
+        coupon.redeem(request, discount, now);
         ("REDEEMED", Effect::Redeemed(coupon))
     });
-    let outcomes = Outcomes::render(render, success, REDEEM_REJECTIONS);
+    let outcomes = Outcomes::render(render, now, success, REDEEM_REJECTIONS);
     let query = sqlx::query_as(
         "SELECT outcome, fingerprint, response_status, response_body FROM coupond_redeem(\
-             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     )
     .bind(&claim.scope)
     .bind(&claim.key)
@@ -319,10 +397,13 @@ async fn redeem_coupon(
     .bind(&request.code)
     .bind(&request.user_id)
     .bind(&request.order_id)
+    .bind(request.order_amount)
+    .bind(discount)
+    .bind(actor)
     .bind(&outcomes.names)
     .bind(&outcomes.statuses)
     .bind(&outcomes.bodies);
-    call(store, &mut conn, &claim.key, query)
+    run(store, &mut conn, &claim.key, query)
         .await?
         .into_outcome(&outcomes, claim)
 }
@@ -330,7 +411,7 @@ async fn redeem_coupon(
 /// Runs one hot statement as its own transaction. With fault points configured (tests
 /// only) it runs inside an explicit transaction instead, so that a failure or a pause
 /// can be placed after the write and before the commit.
-async fn call(
+async fn run(
     store: &PgStore,
     conn: &mut PgConnection,
     key: &str,

@@ -4,29 +4,30 @@
 //! spread over its counter shards. The hot writes (issue, redeem) are one round trip
 //! each, see `hot`; the rest run as ordinary transactions here.
 
+mod commands;
 mod hot;
 mod keys;
+mod queries;
+mod rows;
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions};
-use sqlx::{Acquire, FromRow, PgConnection, Postgres, QueryBuilder};
+use sqlx::{Acquire, Postgres};
 use time::OffsetDateTime;
 
 use super::{
-    shard_quotas, Command, CommandResult, Effect, IdempotencyRecord, PoolStats, PurgeBy,
-    StoreError, StoreOptions, StoredResponse, WriteOutcome, WriteRequest,
-};
-use crate::domain::{
-    Batch, Coupon, CouponStatus, DiscountType, ListFilter, NewBatch, RedeemPolicy,
+    Command, IdempotencyRecord, PoolStats, PurgeBy, StoreError, StoreOptions, WriteOutcome,
+    WriteRequest,
 };
 use crate::faults::{FaultAction, Faults};
+use rows::RecordRow;
 use std::sync::Arc;
 
 /// Enough rows that 64 concurrent issues of one batch rarely meet on the same one.
-const MAX_SHARDS: i64 = 16;
+pub(super) const MAX_SHARDS: i64 = 16;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// SQLSTATE lock_not_available: `lock_timeout` ran out.
@@ -37,100 +38,6 @@ pub struct PgStore {
     pool: PgPool,
     faults: Arc<Faults>,
 }
-
-#[derive(FromRow)]
-struct BatchRow {
-    id: i64,
-    name: String,
-    discount_type: String,
-    amount: Option<i64>,
-    percent: Option<i64>,
-    per_user_limit: i64,
-    total_limit: i64,
-    expires_at: OffsetDateTime,
-    redeem_policy: String,
-    created_at: OffsetDateTime,
-}
-
-impl From<BatchRow> for Batch {
-    fn from(row: BatchRow) -> Batch {
-        Batch {
-            id: row.id,
-            name: row.name,
-            // The CHECK constraint admits only the two known values.
-            discount_type: DiscountType::parse(&row.discount_type).unwrap_or(DiscountType::Fixed),
-            amount: row.amount,
-            percent: row.percent,
-            per_user_limit: row.per_user_limit,
-            total_limit: row.total_limit,
-            expires_at: row.expires_at,
-            // The CHECK constraint admits only the known values.
-            redeem_policy: RedeemPolicy::parse(&row.redeem_policy).unwrap_or_default(),
-            created_at: row.created_at,
-        }
-    }
-}
-
-#[derive(FromRow)]
-struct CouponRow {
-    id: i64,
-    batch_id: i64,
-    code: String,
-    status: String,
-    issued_to: Option<String>,
-    issued_at: Option<OffsetDateTime>,
-    redeemed_by: Option<String>,
-    redeemed_at: Option<OffsetDateTime>,
-    order_id: Option<String>,
-    created_at: OffsetDateTime,
-}
-
-impl From<CouponRow> for Coupon {
-    fn from(row: CouponRow) -> Coupon {
-        Coupon {
-            id: row.id,
-            batch_id: row.batch_id,
-            code: row.code,
-            status: CouponStatus::parse(&row.status).unwrap_or(CouponStatus::Issued),
-            issued_to: row.issued_to,
-            issued_at: row.issued_at,
-            redeemed_by: row.redeemed_by,
-            redeemed_at: row.redeemed_at,
-            order_id: row.order_id,
-            created_at: row.created_at,
-        }
-    }
-}
-
-#[derive(FromRow)]
-struct RecordRow {
-    fingerprint: String,
-    response_status: Option<i16>,
-    response_body: Option<Vec<u8>>,
-    created_at: OffsetDateTime,
-    expires_at: OffsetDateTime,
-}
-
-impl RecordRow {
-    fn into_record(self) -> Option<IdempotencyRecord> {
-        // A committed row always carries its response; one without is not a record.
-        let status = u16::try_from(self.response_status?).ok()?;
-        Some(IdempotencyRecord {
-            fingerprint: self.fingerprint,
-            response: StoredResponse {
-                status,
-                body: self.response_body?,
-            },
-            created_at: self.created_at,
-            expires_at: self.expires_at,
-        })
-    }
-}
-
-const COUPON_COLUMNS: &str = "id, batch_id, code, status, issued_to, issued_at, redeemed_by, \
-                              redeemed_at, order_id, created_at";
-const BATCH_COLUMNS: &str = "id, name, discount_type, amount, percent, per_user_limit, \
-                             total_limit, expires_at, redeem_policy, created_at";
 
 impl PgStore {
     pub async fn connect(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
@@ -212,7 +119,7 @@ impl PgStore {
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
         let result = match request.command {
             Command::Issue(_) | Command::Redeem(_) => hot::execute(self, request).await,
-            Command::CreateBatch(_) => self.execute_in_transaction(request).await,
+            _ => self.execute_in_transaction(request).await,
         };
         match result {
             // Waiting for a duplicate in flight ran out: the client retries later. Any
@@ -236,6 +143,7 @@ impl PgStore {
     ) -> Result<WriteOutcome, StoreError> {
         let WriteRequest {
             claim,
+            actor,
             command,
             render,
             now,
@@ -273,8 +181,8 @@ impl PgStore {
             return Ok(outcome.unwrap_or(WriteOutcome::InProgress));
         }
 
-        let result = run_command(&mut tx, command, now).await?;
-        let response = render(&result);
+        let result = commands::run_command(&mut tx, command, actor, now).await?;
+        let response = render(&result, now);
         sqlx::query(
             "UPDATE idempotency_records SET response_status = $3, response_body = $4 \
              WHERE scope = $1 AND key = $2",
@@ -293,29 +201,6 @@ impl PgStore {
         }
         tx.commit().await?;
         Ok(WriteOutcome::Executed(response))
-    }
-
-    pub async fn list_coupons(&self, filter: &ListFilter) -> Result<Vec<Coupon>, StoreError> {
-        let mut query = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {COUPON_COLUMNS} FROM coupons WHERE TRUE"
-        ));
-        if let Some(user) = &filter.user_id {
-            query
-                .push(" AND (issued_to = ")
-                .push_bind(user)
-                .push(" OR redeemed_by = ")
-                .push_bind(user)
-                .push(")");
-        }
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-        query
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_bind(filter.limit);
-        let mut conn = self.acquire().await?;
-        let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&mut *conn).await?;
-        Ok(rows.into_iter().map(Coupon::from).collect())
     }
 
     pub async fn purge_idempotency(
@@ -352,55 +237,4 @@ fn waited_on_claim(e: &sqlx::Error) -> bool {
     db.try_downcast_ref::<PgDatabaseError>()
         .and_then(|pg| pg.r#where())
         .is_some_and(|context| context.contains("coupond_claim_key"))
-}
-
-async fn run_command(
-    conn: &mut PgConnection,
-    command: Command,
-    now: OffsetDateTime,
-) -> Result<CommandResult, StoreError> {
-    Ok(match command {
-        Command::CreateBatch(new) => Ok(Effect::BatchCreated(create_batch(conn, new, now).await?)),
-        // These take the one-round-trip path in `hot` and never reach here.
-        Command::Issue(_) | Command::Redeem(_) => {
-            return Err(StoreError::Internal(
-                "hot command on the general write path",
-            ))
-        }
-    })
-}
-
-async fn create_batch(
-    conn: &mut PgConnection,
-    new: NewBatch,
-    now: OffsetDateTime,
-) -> Result<Batch, StoreError> {
-    let row: BatchRow = sqlx::query_as(&format!(
-        "INSERT INTO coupon_batches (name, discount_type, amount, percent, per_user_limit, \
-             total_limit, expires_at, created_at, redeem_policy) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {BATCH_COLUMNS}"
-    ))
-    .bind(&new.name)
-    .bind(new.discount_type.as_str())
-    .bind(new.amount)
-    .bind(new.percent)
-    .bind(new.per_user_limit)
-    .bind(new.total_limit)
-    .bind(new.expires_at)
-    .bind(now)
-    .bind(new.redeem_policy.as_str())
-    .fetch_one(&mut *conn)
-    .await?;
-    let quotas = shard_quotas(new.total_limit, MAX_SHARDS);
-    let shards: Vec<i32> = (0..quotas.len() as i32).collect();
-    sqlx::query(
-        "INSERT INTO batch_counter_shards (batch_id, shard, quota) \
-         SELECT $1, s, q FROM UNNEST($2::int[], $3::bigint[]) AS t(s, q)",
-    )
-    .bind(row.id)
-    .bind(&shards)
-    .bind(&quotas)
-    .execute(&mut *conn)
-    .await?;
-    Ok(row.into())
 }

@@ -4,6 +4,7 @@
 
 mod commands;
 mod keys;
+mod queries;
 mod reads;
 mod writer;
 
@@ -11,8 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::params_from_iter;
-use rusqlite::types::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::Connection;
 use time::OffsetDateTime;
@@ -21,9 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     IdempotencyRecord, PoolStats, PurgeBy, StoreError, StoreOptions, WriteOutcome, WriteRequest,
 };
-use crate::domain::{Coupon, ListFilter};
 use crate::faults::{FaultAction, Faults};
-use commands::COUPON_COLUMNS;
 use reads::ReadPool;
 use writer::Job;
 
@@ -213,30 +210,6 @@ impl SqliteStore {
     ) -> Result<u64, StoreError> {
         self.write(move |conn| commands::purge(conn, by, cutoff, limit))
             .await
-    }
-
-    pub async fn list_coupons(&self, filter: &ListFilter) -> Result<Vec<Coupon>, StoreError> {
-        let mut sql = format!("SELECT {COUPON_COLUMNS} FROM coupons WHERE 1");
-        let mut params: Vec<Value> = Vec::new();
-        if let Some(user) = &filter.user_id {
-            params.push(Value::Text(user.clone()));
-            sql.push_str(&format!(
-                " AND (issued_to = ?{n} OR redeemed_by = ?{n})",
-                n = params.len()
-            ));
-        }
-        if let Some(status) = filter.status {
-            params.push(Value::Text(status.as_str().to_owned()));
-            sql.push_str(&format!(" AND status = ?{}", params.len()));
-        }
-        params.push(Value::Integer(filter.limit));
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ?{}", params.len()));
-        self.inner.reads.read(|conn| {
-            let mut statement = conn.prepare_cached(&sql)?;
-            let rows =
-                statement.query_map(params_from_iter(params.iter()), commands::coupon_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
     }
 }
 
