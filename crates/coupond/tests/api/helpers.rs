@@ -74,7 +74,20 @@ pub const COUPON_FIELDS: [&str; 8] = [
 ];
 /// The fields of the seed's `CouponBatchCreateSerializer`.
 /// Fields a batch has besides the seed's ("more fields may follow").
-pub const BATCH_EXTRA_FIELDS: [&str; 2] = ["created_at", "redeem_policy"];
+pub const BATCH_EXTRA_FIELDS: [&str; 12] = [
+    "created_at",
+    "redeem_policy",
+    "starts_at",
+    "min_order_amount",
+    "max_discount",
+    "currency",
+    "active",
+    "code_length",
+    "code_prefix",
+    "code_alphabet",
+    "stats",
+    "expires_at",
+];
 
 pub const BATCH_FIELDS: [&str; 8] = [
     "id",
@@ -612,10 +625,11 @@ impl ApiClient {
         assert_eq!(r.status, 200, "list {query:?}: {r:?}");
         let body = r.json();
         let object = body.as_object().expect("list body is an object");
-        assert_eq!(
-            object.keys().collect::<Vec<_>>(),
-            vec!["items"],
-            "list body has exactly `items`: {r:?}"
+        // The seed's `items`, and `next_cursor` only when a page is full.
+        let keys: Vec<_> = object.keys().map(String::as_str).collect();
+        assert!(
+            keys == ["items"] || keys == ["items", "next_cursor"],
+            "list body has `items` (and maybe `next_cursor`): {r:?}"
         );
         body["items"].as_array().expect("items is an array").clone()
     }
@@ -1154,4 +1168,417 @@ mod tests {
         );
         assert_eq!(decode_chunked(b"3\r\nab"), None);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// API keys, databases and the real binary (the tests of API keys and operability)
+// ---------------------------------------------------------------------------------------
+
+impl TestApp {
+    /// The URL the server's database is reached at (PostgreSQL: with `sslmode=disable`).
+    pub fn database_url(&self) -> &str {
+        self.db.url()
+    }
+
+    /// PostgreSQL: the maintenance URL and the name of this server's database.
+    pub fn postgres_database(&self) -> Option<(&str, &str)> {
+        match &*self.db {
+            Database::Postgres {
+                admin_url, name, ..
+            } => Some((admin_url, name)),
+            Database::Sqlite { .. } => None,
+        }
+    }
+
+    /// A client of this server that sends `key` (or no `Authorization` at all).
+    pub fn client_with(&self, key: Option<&str>) -> ApiClient {
+        ApiClient {
+            api_key: key.map(str::to_owned),
+            ..self.client()
+        }
+    }
+
+    /// Creates an API key straight in the store; returns its id and the key.
+    pub async fn create_key(&self, name: &str, scope: coupond::domain::Scope) -> (i64, String) {
+        let new = coupond::domain::NewApiKey::generate(name, scope);
+        let secret = new.secret.clone();
+        let key = self
+            .store
+            .create_api_key(new, coupond::domain::now())
+            .await
+            .expect("creating an API key");
+        (key.id, secret)
+    }
+
+    /// `spawn_with`, plus the address of the `/metrics` listener (which `tweak` must turn
+    /// on with `settings.metrics_bind`).
+    pub async fn spawn_with_metrics(
+        backend: Backend,
+        tweak: impl FnOnce(&mut ServeArgs),
+    ) -> (TestApp, SocketAddr) {
+        let db = Arc::new(Database::create(backend).await);
+        let mut settings = test_settings(backend, db.url());
+        tweak(&mut settings);
+        let faults = Arc::new(Faults::default());
+        init_logging(&settings);
+        let app = Application::build(settings.clone(), faults.clone())
+            .await
+            .unwrap_or_else(|e| panic!("starting coupond on {backend:?} failed: {e}"));
+        let metrics = app
+            .metrics_addr()
+            .expect("the settings turn the metrics listener on");
+        let addr = app.local_addr();
+        let store = app.store();
+        let admin_key_id = store
+            .find_api_key(&coupond::domain::apikey::hash_key(TEST_ADMIN_KEY))
+            .await
+            .expect("reading the admin key")
+            .map(|k| k.id)
+            .expect("the bootstrap admin key exists");
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = rx.await;
+        }));
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("building the HTTP client");
+        let app = TestApp {
+            backend,
+            admin_key_id,
+            addr,
+            settings,
+            store,
+            faults,
+            client: ApiClient {
+                http,
+                addr,
+                base_url: format!("http://{addr}"),
+                api_key: Some(TEST_ADMIN_KEY.to_owned()),
+            },
+            shutdown: Some(tx),
+            server: Some(server),
+            db,
+        };
+        (app, metrics)
+    }
+}
+
+/// A fresh, empty database no server has touched (dropped with this value), for tests
+/// that run the real binary on it.
+pub struct FreshDatabase(Database);
+
+impl FreshDatabase {
+    pub async fn create(backend: Backend) -> FreshDatabase {
+        FreshDatabase(Database::create(backend).await)
+    }
+
+    pub fn url(&self) -> &str {
+        self.0.url()
+    }
+
+    /// SQLite: the database file.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &self.0 {
+            Database::Sqlite { url, .. } => url.strip_prefix("sqlite://").map(PathBuf::from),
+            Database::Postgres { .. } => None,
+        }
+    }
+}
+
+/// The SHA-256 of an API key, as coupond stores it.
+pub fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+/// Every row of every table of the database at `url`, each value as text (PostgreSQL:
+/// `row_to_json`, so bytea is `\x…` hex; SQLite: text as is, blobs hex-encoded and also
+/// lossily as text), with the table it came from.
+pub async fn dump_database(url: &str) -> Vec<(String, String)> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let conn =
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .expect("opening the SQLite file");
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .expect("listing tables")
+            .query_map([], |row| row.get(0))
+            .expect("listing tables")
+            .collect::<Result<_, _>>()
+            .expect("listing tables");
+        let mut out = Vec::new();
+        for table in tables {
+            let mut statement = conn
+                .prepare(&format!("SELECT * FROM \"{table}\""))
+                .expect("reading a table");
+            let columns = statement.column_count();
+            let mut rows = statement.query([]).expect("reading a table");
+            while let Some(row) = rows.next().expect("reading a row") {
+                for i in 0..columns {
+                    use rusqlite::types::ValueRef;
+                    let text = match row.get_ref(i).expect("a value") {
+                        ValueRef::Null => continue,
+                        ValueRef::Integer(n) => n.to_string(),
+                        ValueRef::Real(x) => x.to_string(),
+                        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                        ValueRef::Blob(b) => {
+                            format!("{} {}", hex::encode(b), String::from_utf8_lossy(b))
+                        }
+                    };
+                    out.push((table.clone(), text));
+                }
+            }
+        }
+        out
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connecting to PostgreSQL");
+        let tables: Vec<(String,)> = sqlx::query_as(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .expect("listing tables");
+        let mut out = Vec::new();
+        for (table,) in tables {
+            let rows: Vec<(String,)> =
+                sqlx::query_as(&format!("SELECT row_to_json(t)::text FROM \"{table}\" t"))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("reading a table");
+            out.extend(rows.into_iter().map(|(row,)| (table.clone(), row)));
+        }
+        let _ = conn.close().await;
+        out
+    }
+}
+
+/// The `COUPOND_*` variables of this process, which a child `coupond` must not inherit.
+fn coupond_env_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("COUPOND_"))
+        .collect()
+}
+
+/// The real `coupond` binary, with no `COUPOND_*` variable of the test's environment.
+pub fn coupond_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_coupond"));
+    for var in coupond_env_vars() {
+        command.env_remove(var);
+    }
+    command.stdin(std::process::Stdio::null());
+    command
+}
+
+/// What a finished `coupond` command did.
+#[derive(Debug)]
+pub struct CommandOutput {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `coupond ARGS` with `envs` (off the async runtime's threads) and waits for it.
+pub async fn run_coupond(args: &[&str], envs: &[(&str, &str)]) -> CommandOutput {
+    let mut command = coupond_command();
+    command.args(args);
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the command's thread")
+        .expect("running coupond");
+    CommandOutput {
+        success: output.status.success(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// A port that was free a moment ago (the binary only logs the address it bound, so a
+/// test that runs it must choose one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("finding a free port")
+        .port()
+}
+
+/// The request id the readiness probe of `ChildServer` sends, so that a test reading the
+/// server's log can tell its own requests from the probe's.
+pub const PROBE_REQUEST_ID_PREFIX: &str = "coupond-test-probe-";
+
+/// `coupond serve` as a child process on a port of its own, its stdout and stderr
+/// collected line by line. Killed when dropped.
+pub struct ChildServer {
+    pub addr: SocketAddr,
+    pub client: ApiClient,
+    child: tokio::process::Child,
+    stdout: Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// What a `ChildServer` printed, once it has stopped.
+#[derive(Debug)]
+pub struct ChildOutput {
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+    pub exit: std::process::ExitStatus,
+}
+
+impl ChildServer {
+    /// Starts `coupond serve --bind 127.0.0.1:<free port> ARGS` with `envs` and waits
+    /// until `/healthz` answers 200 (up to 60 s).
+    pub async fn start(args: &[&str], envs: &[(&str, &str)]) -> ChildServer {
+        let mut last_error = String::new();
+        // A port can be taken between choosing it and the child binding it; try again.
+        for _ in 0..3 {
+            match ChildServer::try_start(args, envs).await {
+                Ok(server) => return server,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("coupond serve did not start: {last_error}");
+    }
+
+    async fn try_start(args: &[&str], envs: &[(&str, &str)]) -> Result<ChildServer, String> {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+        let mut command = tokio::process::Command::from(coupond_command());
+        command
+            .arg("serve")
+            .arg("--bind")
+            .arg(addr.to_string())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().map_err(|e| format!("spawning: {e}"))?;
+        let stdout = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let readers = vec![
+            collect_lines(child.stdout.take().expect("stdout"), stdout.clone()),
+            collect_lines(child.stderr.take().expect("stderr"), stderr.clone()),
+        ];
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("building the HTTP client");
+        let client = ApiClient {
+            http,
+            addr,
+            base_url: format!("http://{addr}"),
+            api_key: None,
+        };
+        let mut server = ChildServer {
+            addr,
+            client,
+            child,
+            stdout,
+            stderr,
+            readers,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut probe = 0u32;
+        loop {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                for reader in server.readers.drain(..) {
+                    let _ = reader.await;
+                }
+                return Err(format!(
+                    "it exited with {status}; stderr: {}",
+                    server.stderr_lines().join("\n")
+                ));
+            }
+            probe += 1;
+            let sent = server
+                .client
+                .http
+                .get(format!("{}/healthz", server.client.base_url))
+                .header("x-request-id", format!("{PROBE_REQUEST_ID_PREFIX}{probe}"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status() == StatusCode::OK) {
+                return Ok(server);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "no 200 from /healthz within 60s; stderr: {}",
+                    server.stderr_lines().join("\n")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A client of this server that sends `key`.
+    pub fn client_with(&self, key: Option<&str>) -> ApiClient {
+        ApiClient {
+            api_key: key.map(str::to_owned),
+            ..self.client.clone()
+        }
+    }
+
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits (up to 15 s, then SIGKILL) for the process and its output.
+    pub async fn stop(mut self) -> ChildOutput {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) on the pid of a child this value owns and has not reaped.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let exit = match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+            Ok(status) => status.expect("waiting for coupond"),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                panic!(
+                    "coupond did not stop within 15s of SIGTERM; stderr: {}",
+                    self.stderr_lines().join("\n")
+                );
+            }
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+        ChildOutput {
+            stdout: self.stdout_lines(),
+            stderr: self.stderr_lines(),
+            exit,
+        }
+    }
+}
+
+fn collect_lines(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    into: Arc<std::sync::Mutex<Vec<String>>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(mut all) = into.lock() {
+                all.push(line);
+            }
+        }
+    })
 }

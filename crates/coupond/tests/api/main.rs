@@ -14,14 +14,18 @@
 
 mod helpers;
 
+mod api_keys;
 mod bad_input;
 mod batches;
+mod bootstrap;
 mod concurrency;
 mod idempotency;
 mod issue;
 mod lifecycle;
 mod list;
+mod operability;
 mod redeem;
 mod seed_flow;
+mod spec_conformance;
 mod timestamps;
 mod troubleshooting;
