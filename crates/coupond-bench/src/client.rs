@@ -1,3 +1,5 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -80,7 +82,9 @@ impl Answer {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    /// One server, or several that share a database: requests go to them in turn.
+    bases: Arc<[String]>,
+    next: Arc<AtomicUsize>,
     auth: Option<HeaderValue>,
 }
 
@@ -91,6 +95,20 @@ impl Client {
         pool_size: usize,
         timeout: Duration,
     ) -> Result<Self> {
+        Client::round_robin(&[base_url.to_string()], api_key, pool_size, timeout)
+    }
+
+    /// A client that sends each request to the next of `base_urls` (round-robin), as a load
+    /// balancer in front of several coupond processes on one database would.
+    pub fn round_robin(
+        base_urls: &[String],
+        api_key: Option<&str>,
+        pool_size: usize,
+        timeout: Duration,
+    ) -> Result<Self> {
+        if base_urls.is_empty() {
+            bail!("no server to send requests to");
+        }
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(pool_size)
             .timeout(timeout)
@@ -109,9 +127,27 @@ impl Client {
         };
         Ok(Client {
             http,
-            base: base_url.trim_end_matches('/').to_string(),
+            bases: base_urls
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            next: Arc::new(AtomicUsize::new(0)),
             auth,
         })
+    }
+
+    /// The servers this client sends to, in round-robin order.
+    pub fn base_urls(&self) -> &[String] {
+        &self.bases
+    }
+
+    fn next_base(&self) -> &str {
+        let n = if self.bases.len() == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.bases.len()
+        };
+        &self.bases[n]
     }
 
     /// Sends one request; `Err` only for transport failures, any HTTP status is an `Answer`.
@@ -124,7 +160,7 @@ impl Client {
     ) -> Result<Answer, reqwest::Error> {
         let mut req = self
             .http
-            .request(method, format!("{}{}", self.base, path_and_query));
+            .request(method, format!("{}{}", self.next_base(), path_and_query));
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
@@ -360,7 +396,28 @@ mod tests {
     #[test]
     fn api_key_must_be_a_header_value() {
         let c = Client::new("http://127.0.0.1:1/", Some("k"), 1, Duration::from_secs(1));
-        assert!(c.is_ok_and(|c| c.base == "http://127.0.0.1:1"));
+        assert!(c.is_ok_and(|c| c.base_urls() == ["http://127.0.0.1:1"]));
         assert!(Client::new("http://x", Some("bad\nkey"), 1, Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn round_robin_takes_turns() {
+        let bases = ["http://a:1/".to_string(), "http://b:2".to_string()];
+        let c = match Client::round_robin(&bases, None, 1, Duration::from_secs(1)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let order: Vec<&str> = (0..5).map(|_| c.next_base()).collect();
+        assert_eq!(
+            order,
+            [
+                "http://a:1",
+                "http://b:2",
+                "http://a:1",
+                "http://b:2",
+                "http://a:1"
+            ]
+        );
+        assert!(Client::round_robin(&[], None, 1, Duration::from_secs(1)).is_err());
     }
 }

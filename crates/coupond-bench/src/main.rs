@@ -6,25 +6,18 @@
 //! setup request with a 5xx, or crashed); 2 the bench itself could not run (bad arguments, the
 //! server could not be started or reached, a report could not be written).
 
-mod cli;
-mod client;
-mod invariants;
-mod report;
-mod scenarios;
-mod spawn;
-mod stats;
-
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use cli::{Backend, Cli};
-use client::{is_server_fault, Client};
-use report::{Failure, Report, RunRecord, ServerInfo, Settings, EXIT_BENCH_FAILED};
-use scenarios::RunConfig;
-use spawn::{Server, SpawnConfig};
+use coupond_bench::cli::{Backend, Cli};
+use coupond_bench::client::{is_server_fault, Client};
+use coupond_bench::report::{Failure, Report, RunRecord, ServerInfo, Settings, EXIT_BENCH_FAILED};
+use coupond_bench::scenarios::RunConfig;
+use coupond_bench::spawn::{Server, SpawnConfig};
+use coupond_bench::{invariants, scenarios, spawn};
 
 /// How long a spawned server gets between SIGTERM and SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -245,7 +245,7 @@ pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
             let mut to_redeem = Vec::new();
             for (i, entry) in pool.into_iter().enumerate() {
                 let holdings = work.list_expect.entry(entry.user_id.clone()).or_default();
-                if (i as u64 / LIST_USERS) % 2 == 0 {
+                if (i as u64 / LIST_USERS).is_multiple_of(2) {
                     holdings.redeemed.insert(entry.code.clone());
                     to_redeem.push(entry);
                 } else {
