@@ -1,6 +1,7 @@
 //! HTTP: routes, extractors and the error envelope. Handlers only translate between
 //! the wire and the domain; the rules live in `domain`, the transactions in `storage`.
 
+pub mod admin;
 mod auth;
 mod batches;
 mod coupons;
@@ -78,7 +79,7 @@ pub fn router(state: AppState, settings: &ServeArgs) -> Router {
             settings.request_timeout,
         ));
 
-    Router::new()
+    let api = Router::new()
         .route(
             "/v1/coupon-batches/",
             post(batches::create_batch).get(batches::list_batches),
@@ -123,8 +124,12 @@ pub fn router(state: AppState, settings: &ServeArgs) -> Router {
         )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .with_state(state)
-        .layer(layers)
+        .with_state(state.clone())
+        .layer(layers);
+
+    // The admin console (`/admin/…`) has layers of its own (its errors are pages, not
+    // the API's JSON envelope); every other request goes to the API as before.
+    admin::router(state, settings).fallback_service(api)
 }
 
 /// Counts every answer (after the envelope and auth layers, so it sees what the client

@@ -41,6 +41,8 @@ pub enum StoreError {
     Internal(&'static str),
     #[error("a row lock was not granted in time")]
     LockTimeout,
+    #[error("the database cannot be reached: {0}")]
+    Unavailable(String),
     #[error("the database schema is at migration {applied:?}, this coupond needs {expected}")]
     SchemaOutOfDate { applied: Option<i64>, expected: i64 },
 }
@@ -49,7 +51,9 @@ impl StoreError {
     /// Whether the database could not be reached at all, as opposed to a query failing.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::WriterGone | StoreError::GroupCommitFailed(_) => true,
+            StoreError::WriterGone
+            | StoreError::GroupCommitFailed(_)
+            | StoreError::Unavailable(_) => true,
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 rusqlite::ErrorCode::DiskFull
@@ -59,6 +63,13 @@ impl StoreError {
                     | rusqlite::ErrorCode::DatabaseBusy
                     | rusqlite::ErrorCode::DatabaseLocked
             ),
+            StoreError::Database(sqlx::Error::Database(db)) => {
+                // Connection exceptions (08), the server shutting down or refusing new
+                // connections (57P), too many connections (53300).
+                db.code().is_some_and(|code| {
+                    code.starts_with("08") || code.starts_with("57P") || code == "53300"
+                })
+            }
             StoreError::Database(e) => matches!(
                 e,
                 sqlx::Error::PoolTimedOut
@@ -223,7 +234,135 @@ pub struct StoreOptions {
     pub idempotency_wait: Duration,
     /// How long any other row lock is waited for before the write gives up.
     pub lock_timeout: Duration,
+    /// How long a request waits for a pooled connection (PostgreSQL).
+    pub acquire_timeout: Duration,
     pub faults: Arc<Faults>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The admin console (http::admin): its sessions and the reads only its pages make.
+// ---------------------------------------------------------------------------------------
+
+/// A signed-in operator of the admin console, as stored: never the session token
+/// itself, only its SHA-256 (the lookup key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSession {
+    pub id: i64,
+    /// The admin API key the operator signed in with.
+    pub api_key_id: i64,
+    /// That key's name.
+    pub key_name: String,
+    /// What every form of the session must carry back.
+    pub csrf_token: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+    pub last_seen_at: OffsetDateTime,
+}
+
+/// A session to store at sign-in.
+#[derive(Debug, Clone)]
+pub struct NewAdminSession {
+    pub token_hash: [u8; 32],
+    pub api_key_id: i64,
+    pub csrf_token: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+/// Which batches the console's list shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchState {
+    /// Switched on and not expired.
+    Active,
+    /// Deactivated (expired or not).
+    Inactive,
+    /// Past `expires_at`.
+    Expired,
+}
+
+/// The console's batch list: newest first, a page at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminBatchFilter {
+    pub page: Page,
+    pub state: Option<BatchState>,
+    /// Part of the name, in any case.
+    pub name: Option<String>,
+    /// What "expired" is measured against.
+    pub now: OffsetDateTime,
+}
+
+/// Equal time buckets, `buckets` of `bucket_secs` from `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivityWindow {
+    pub from: OffsetDateTime,
+    pub bucket_secs: i64,
+    pub buckets: i64,
+}
+
+impl ActivityWindow {
+    pub fn end(&self) -> OffsetDateTime {
+        self.from + time::Duration::seconds(self.bucket_secs.saturating_mul(self.buckets))
+    }
+}
+
+/// A batch's coupons issued and redeemed per bucket of an `ActivityWindow` (both
+/// `buckets` long; a redemption later given back no longer counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketCounts {
+    pub issued: Vec<i64>,
+    pub redeemed: Vec<i64>,
+}
+
+/// What happened, for the console's "recent activity".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivityKind {
+    BatchCreated,
+    Coupon(crate::domain::EventKind),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActivityEntry {
+    pub at: OffsetDateTime,
+    pub kind: ActivityKind,
+    pub batch_id: i64,
+    pub batch_name: String,
+    pub code: Option<String>,
+    pub user_id: Option<String>,
+    pub order_id: Option<String>,
+    pub reason: Option<String>,
+    pub api_key_id: Option<i64>,
+}
+
+/// What creating an API key under an idempotency key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCreation {
+    /// Created now; the record stored with it names the key, never its secret.
+    Created(ApiKey),
+    /// The idempotency key was used before for the same request: its record.
+    Replayed(IdempotencyRecord),
+    /// The idempotency key was used before for another request.
+    Mismatch,
+    /// Another request with the idempotency key is still running.
+    InProgress,
+}
+
+/// What the idempotency record of an API key created from the console holds: enough
+/// to say which key a repeated form made, never the key itself.
+pub(crate) fn key_record_body(key: &ApiKey) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": key.id,
+        "name": key.name,
+        "scope": key.scope.as_str(),
+        "prefix": key.prefix,
+    }))
+    .unwrap_or_default()
+}
+
+/// Newest first, by time, at most `limit`.
+pub(crate) fn newest_activity(mut entries: Vec<ActivityEntry>, limit: usize) -> Vec<ActivityEntry> {
+    entries.sort_by_key(|e| std::cmp::Reverse(e.at));
+    entries.truncate(limit);
+    entries
 }
 
 #[derive(Clone)]
@@ -439,6 +578,111 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.active_api_keys().await,
             Store::Postgres(s) => s.active_api_keys().await,
+        }
+    }
+
+    // -- The admin console ---------------------------------------------------------
+
+    /// Stores a new console session; answers its id.
+    pub async fn create_admin_session(&self, session: NewAdminSession) -> Result<i64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_admin_session(session).await,
+            Store::Postgres(s) => s.create_admin_session(session).await,
+        }
+    }
+
+    /// The live session whose token has this SHA-256: not expired at `now`, and its API
+    /// key still an admin key that is not revoked.
+    pub async fn find_admin_session(
+        &self,
+        token_hash: &[u8; 32],
+        now: OffsetDateTime,
+    ) -> Result<Option<AdminSession>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.find_admin_session(token_hash, now).await,
+            Store::Postgres(s) => s.find_admin_session(token_hash, now).await,
+        }
+    }
+
+    /// Records that a session was used at `now`.
+    pub async fn touch_admin_session(
+        &self,
+        id: i64,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.touch_admin_session(id, now).await,
+            Store::Postgres(s) => s.touch_admin_session(id, now).await,
+        }
+    }
+
+    /// Ends one session (sign-out).
+    pub async fn delete_admin_session(&self, id: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete_admin_session(id).await,
+            Store::Postgres(s) => s.delete_admin_session(id).await,
+        }
+    }
+
+    /// Ends every session opened with an API key (it was revoked); answers how many.
+    pub async fn end_admin_sessions_of_key(&self, api_key_id: i64) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.end_admin_sessions_of_key(api_key_id).await,
+            Store::Postgres(s) => s.end_admin_sessions_of_key(api_key_id).await,
+        }
+    }
+
+    /// Deletes the sessions expired at `now`; answers how many.
+    pub async fn purge_admin_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.purge_admin_sessions(now).await,
+            Store::Postgres(s) => s.purge_admin_sessions(now).await,
+        }
+    }
+
+    /// Batches for the console's list, with their counters.
+    pub async fn admin_list_batches(
+        &self,
+        filter: &AdminBatchFilter,
+    ) -> Result<Vec<(Batch, BatchStats)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.admin_list_batches(filter).await,
+            Store::Postgres(s) => s.admin_list_batches(filter).await,
+        }
+    }
+
+    /// A batch's issues and redemptions per time bucket, counted on the
+    /// `(batch_id, issued_at)` and `(batch_id, redeemed_at)` indexes alone.
+    pub async fn batch_activity(
+        &self,
+        batch_id: i64,
+        window: ActivityWindow,
+    ) -> Result<BucketCounts, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.batch_activity(batch_id, window).await,
+            Store::Postgres(s) => s.batch_activity(batch_id, window).await,
+        }
+    }
+
+    /// The latest batches created, coupons issued and coupon changes, newest first.
+    pub async fn recent_activity(&self, limit: i64) -> Result<Vec<ActivityEntry>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.recent_activity(limit).await,
+            Store::Postgres(s) => s.recent_activity(limit).await,
+        }
+    }
+
+    /// Creates an API key at most once per idempotency claim: the key and a record of
+    /// it (its id, name, scope and display prefix; never the secret) commit together.
+    pub async fn create_api_key_once(
+        &self,
+        claim: IdempotencyClaim,
+        key: NewApiKey,
+        now: OffsetDateTime,
+    ) -> Result<KeyCreation, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.create_api_key_once(claim, key, now).await,
+            Store::Postgres(s) => s.create_api_key_once(claim, key, now).await,
         }
     }
 

@@ -232,7 +232,8 @@ async fn unknown_paths_are_404(backend: Backend) {
         // (`/v1/coupons/{code}/` is a route: a coupon looked up by its code.)
         "/v1/coupons/123/nothing/",
         "/v2/coupons/",
-        "/admin/",
+        // (`/admin/` is the admin console: tests/admin_browser.)
+        "/admin-nope/",
         "/v1/coupons/issue/extra/",
     ];
     for path in paths {
