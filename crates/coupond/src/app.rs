@@ -16,6 +16,7 @@ use crate::http::{self, AppState};
 use crate::idempotency::{InFlight, Policy, RecordCache};
 use crate::jobs::CodeJobs;
 use crate::keys::Keys;
+use crate::serve;
 use crate::storage::{PurgeBy, Store, StoreError, StoreOptions};
 use crate::throttle::MissThrottle;
 
@@ -88,6 +89,7 @@ pub async fn open_store(
             max_connections: args.db_max_connections,
             idempotency_wait,
             lock_timeout,
+            acquire_timeout: args.db_acquire_timeout,
             faults,
         },
     )
@@ -218,27 +220,24 @@ impl Application {
         let router = http::router(state, &settings);
         tracing::info!(%addr, backend = store.backend(), "coupond listening");
 
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing requests in flight");
-            let _ = stopping_tx.send(());
-        });
-        let serve = tokio::spawn(async move { serve.await });
-        let grace = settings.shutdown_grace;
-        let result = tokio::select! {
-            done = serve => done.map_err(|e| AppError::Serve(std::io::Error::other(e)))?.map_err(AppError::Serve),
-            () = async move {
-                if stopping_rx.await.is_ok() {
-                    tokio::time::sleep(grace).await;
-                } else {
-                    std::future::pending::<()>().await;
-                }
-            } => {
-                tracing::warn!(?grace, "requests still in flight after the grace period; closing anyway");
-                Ok(())
-            }
-        };
+        let limits = serve::Limits::clamped(settings.header_read_timeout, settings.max_connections);
+        let finished = serve::serve(
+            listener,
+            router,
+            limits,
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing requests in flight");
+            },
+            settings.shutdown_grace,
+        )
+        .await;
+        if !finished {
+            tracing::warn!(
+                grace = ?settings.shutdown_grace,
+                "requests still in flight after the grace period; closing anyway"
+            );
+        }
         purge.abort();
         refresher.abort();
         code_jobs.abort();
@@ -252,7 +251,7 @@ impl Application {
         // drain: every accepted write commits or rolls back before the process exits.
         store.close().await;
         tracing::info!("coupond stopped");
-        result
+        Ok(())
     }
 }
 

@@ -26,6 +26,12 @@ pub struct DatabaseArgs {
         global = true
     )]
     pub db_max_connections: u32,
+
+    /// How long a request waits for a free PostgreSQL connection before it is answered
+    /// 503 DATABASE_UNAVAILABLE. While the database cannot be reached, requests are
+    /// refused at once for a second after each failed attempt.
+    #[arg(long, env = "COUPOND_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = parse_duration, global = true)]
+    pub db_acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -69,6 +75,16 @@ pub struct ServeArgs {
     #[arg(long, env = "COUPOND_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open. Slow or silent clients are cut off after it.
+    #[arg(long, env = "COUPOND_HEADER_READ_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Most client connections served at once; more wait in the listen backlog. Lowered
+    /// to fit the process's open-files limit.
+    #[arg(long, env = "COUPOND_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// How long shutdown waits for requests in flight before giving up on them.
     #[arg(long, env = "COUPOND_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
@@ -86,6 +102,11 @@ pub struct ServeArgs {
     /// The window of --not-found-limit.
     #[arg(long, env = "COUPOND_NOT_FOUND_WINDOW", default_value = "1m", value_parser = parse_duration)]
     pub not_found_window: Duration,
+
+    /// How long an admin console (`/admin/`) session lasts after sign-in, kept by the
+    /// server; signing out, or revoking the API key it was opened with, ends it sooner.
+    #[arg(long, env = "COUPOND_ADMIN_SESSION_TTL", default_value = "8h", value_parser = parse_duration)]
+    pub admin_session_ttl: Duration,
 
     #[command(flatten)]
     pub log: LogArgs,

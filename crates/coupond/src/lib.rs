@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod serve;
 pub mod storage;
 pub mod telemetry;
 pub mod throttle;

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP API (applies migrations first).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate {
         #[command(flatten)]
@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             telemetry::init(&args.log);
-            let app = Application::build(args, Arc::new(Faults::default()))
+            let app = Application::build(*args, Arc::new(Faults::default()))
                 .await
                 .context("starting coupond")?;
             match app.bootstrap() {
