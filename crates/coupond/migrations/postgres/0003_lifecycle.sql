@@ -230,7 +230,7 @@ BEGIN
     ELSIF v_batch.redeem_policy = 'owner_only' AND v_issued_to IS NOT NULL
           AND v_issued_to <> p_user_id THEN
         v_outcome := 'COUPON_OWNERSHIP_MISMATCH';
-    ELSIF v_batch.min_order_amount IS NOT NULL
+    ELSIF v_batch.min_order_amount > 0
           AND (p_order_amount IS NULL OR p_order_amount < v_batch.min_order_amount) THEN
         v_outcome := 'MIN_ORDER_AMOUNT_NOT_MET';
     ELSE

@@ -284,7 +284,8 @@ pub fn check_redeemable(
     if batch.redeem_policy == RedeemPolicy::OwnerOnly && owner.is_some_and(|o| o != user_id) {
         return Err(Rejection::CouponOwnershipMismatch);
     }
-    if let Some(min) = batch.min_order_amount {
+    // A minimum of 0 asks for nothing (and so needs no order amount).
+    if let Some(min) = batch.min_order_amount.filter(|min| *min > 0) {
         if order_amount.is_none_or(|amount| amount < min) {
             return Err(Rejection::MinOrderAmountNotMet);
         }
@@ -407,7 +408,10 @@ pub fn history(
     });
     events.extend(stored);
     if coupon.status_at(now) == CouponStatus::Expired {
-        if let Some(expired_at) = coupon.batch_expires_at {
+        if let Some(batch_expired) = coupon.batch_expires_at {
+            // A coupon given back after its batch expired expires then, not before.
+            let last_change = events.last().map(|e| e.at);
+            let expired_at = last_change.map_or(batch_expired, |at| at.max(batch_expired));
             events.push(CouponEvent {
                 kind: EventKind::Expired,
                 at: expired_at,

@@ -56,7 +56,7 @@ pub async fn create_batch(
     params(
         ("active" = Option<bool>, Query, description = "Only active (`true`) or deactivated (`false`) batches."),
         ("name" = Option<String>, Query, description = "Batches whose name contains this, in any case."),
-        ("limit" = Option<i64>, Query, description = "1 to 200; 50 by default."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200; 50 by default."),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
     ),
     responses(
@@ -90,6 +90,13 @@ pub async fn list_batches(
             "name",
             format!("must be at most {} characters", batch::MAX_NAME_CHARS),
         );
+    } else if name
+        .as_ref()
+        .is_some_and(|n| n.chars().any(char::is_control))
+    {
+        // No batch name holds one (names are checked at creation), and PostgreSQL
+        // cannot compare text with a NUL in it.
+        errors.add("name", "must not contain control characters");
     }
     let filter = errors
         .into_result(BatchFilter { page, active, name })
@@ -130,7 +137,7 @@ fn batch_not_found() -> ApiError {
 #[utoipa::path(
     get, path = "/v1/coupon-batches/{id}/", tag = "batches",
     security(("api_key" = [])),
-    params(("id" = i64, Path, description = "The batch's id.")),
+    params(("id" = i64, Path, minimum = 1, description = "The batch's id.")),
     responses(
         (status = 200, description = "The batch and its stats.", body = BatchView),
         (status = 404, description = "`BATCH_NOT_FOUND`.", body = ErrorEnvelope),
@@ -160,6 +167,11 @@ async fn set_active(
     active: bool,
 ) -> Result<Response, ApiError> {
     let batch_id = id_param("id", &id)?;
+    // No fields are needed, but a body there is must be an object, as everywhere.
+    crate::domain::input::Fields::new(&body)
+        .errors
+        .into_result(())
+        .map_err(ApiError::validation)?;
     let fingerprint = fingerprint("POST", uri.path(), &body);
     write_once(
         &state,
@@ -175,7 +187,7 @@ async fn set_active(
 #[utoipa::path(
     post, path = "/v1/coupon-batches/{id}/activate/", tag = "batches",
     security(("api_key" = [])),
-    params(("id" = i64, Path, description = "The batch's id."), IdempotencyKeyHeader),
+    params(("id" = i64, Path, minimum = 1, description = "The batch's id."), IdempotencyKeyHeader),
     responses(
         (status = 200, description = "The batch, active.", body = BatchView),
         (status = 404, description = "`BATCH_NOT_FOUND`.", body = ErrorEnvelope),
@@ -197,7 +209,7 @@ pub async fn activate_batch(
 #[utoipa::path(
     post, path = "/v1/coupon-batches/{id}/deactivate/", tag = "batches",
     security(("api_key" = [])),
-    params(("id" = i64, Path, description = "The batch's id."), IdempotencyKeyHeader),
+    params(("id" = i64, Path, minimum = 1, description = "The batch's id."), IdempotencyKeyHeader),
     responses(
         (status = 200, description = "The batch, inactive.", body = BatchView),
         (status = 404, description = "`BATCH_NOT_FOUND`.", body = ErrorEnvelope),
@@ -219,7 +231,7 @@ pub async fn deactivate_batch(
 #[utoipa::path(
     post, path = "/v1/coupon-batches/{id}/codes/", tag = "batches",
     security(("api_key" = [])),
-    params(("id" = i64, Path, description = "The batch's id."), IdempotencyKeyHeader),
+    params(("id" = i64, Path, minimum = 1, description = "The batch's id."), IdempotencyKeyHeader),
     request_body(content = CodeJobBody, content_type = "application/json"),
     responses(
         (status = 202, description = "The job, running; follow it at `/v1/coupon-batches/{id}/codes/{job_id}/`.", body = JobView),
@@ -255,8 +267,8 @@ pub async fn start_code_job(
     get, path = "/v1/coupon-batches/{id}/codes/{job_id}/", tag = "batches",
     security(("api_key" = [])),
     params(
-        ("id" = i64, Path, description = "The batch's id."),
-        ("job_id" = i64, Path, description = "The job's id."),
+        ("id" = i64, Path, minimum = 1, description = "The batch's id."),
+        ("job_id" = i64, Path, minimum = 1, description = "The job's id."),
     ),
     responses(
         (status = 200, description = "The job.", body = JobView),
@@ -284,7 +296,7 @@ pub async fn get_code_job(
 #[utoipa::path(
     get, path = "/v1/coupon-batches/{id}/codes.csv", tag = "batches",
     security(("api_key" = [])),
-    params(("id" = i64, Path, description = "The batch's id.")),
+    params(("id" = i64, Path, minimum = 1, description = "The batch's id.")),
     responses(
         (status = 200, description = "The CSV.", content_type = "text/csv", body = String),
         (status = 404, description = "`BATCH_NOT_FOUND`.", body = ErrorEnvelope),
@@ -310,10 +322,11 @@ pub async fn export_codes(
             let after = after?;
             let page = store.batch_coupons(batch_id, after, EXPORT_PAGE).await;
             let (chunk, next) = match page {
-                Ok(coupons) if coupons.is_empty() => return None,
+                // The header alone for a batch without coupons.
+                Ok(coupons) if coupons.is_empty() && after > 0 => return None,
                 Ok(coupons) => {
                     let next = coupons.last().map(|c| c.id);
-                    let mut csv = String::with_capacity(coupons.len() * 48);
+                    let mut csv = String::with_capacity(coupons.len() * 48 + 40);
                     if after == 0 {
                         csv.push_str("code,status,issued_to,created_at\n");
                     }

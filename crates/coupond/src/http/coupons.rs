@@ -200,10 +200,10 @@ pub async fn unredeem_coupon(
     params(
         ("user_id" = Option<String>, Query, description = "Coupons issued to or redeemed by this user."),
         ("status" = Option<String>, Query, description = "`issued`, `redeemed`, `cancelled` or `expired`."),
-        ("batch_id" = Option<i64>, Query, description = "Coupons of this batch."),
+        ("batch_id" = Option<i64>, Query, minimum = 1, description = "Coupons of this batch."),
         ("created_after" = Option<String>, Query, description = "RFC 3339; created at or after."),
         ("created_before" = Option<String>, Query, description = "RFC 3339; created before."),
-        ("limit" = Option<i64>, Query, description = "1 to 200; 50 by default (the seed's page)."),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 200, description = "1 to 200; 50 by default (the seed's page)."),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page."),
     ),
     responses(
@@ -232,9 +232,12 @@ pub async fn list_coupons(
 
 fn code_param(code: &str) -> Result<String, ApiError> {
     let code = normalize_code(code);
-    if code.is_empty() || code.len() > MAX_CODE_LENGTH {
+    if code.is_empty() || code.len() > MAX_CODE_LENGTH || code.chars().any(char::is_control) {
         let mut errors = crate::domain::FieldErrors::default();
-        errors.add("code", format!("must be 1 to {MAX_CODE_LENGTH} characters"));
+        errors.add(
+            "code",
+            format!("must be 1 to {MAX_CODE_LENGTH} characters, none a control character"),
+        );
         return Err(ApiError::validation(errors));
     }
     Ok(code)

@@ -108,10 +108,11 @@ impl Modify for SharedErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let api = path.starts_with("/v1/");
-            for operation in [item.get.as_mut(), item.post.as_mut()]
-                .into_iter()
-                .flatten()
-            {
+            let operations = [(false, item.get.as_mut()), (true, item.post.as_mut())];
+            for (write, operation) in operations {
+                let Some(operation) = operation else {
+                    continue;
+                };
                 let idempotent = operation.parameters.iter().flatten().any(
                     |p| matches!(p, utoipa::openapi::RefOr::T(p) if p.name == "Idempotency-Key"),
                 );
@@ -131,11 +132,14 @@ impl Modify for SharedErrors {
                         "`UNAUTHENTICATED`: no API key, or an unknown or revoked one",
                         &[("WWW-Authenticate", "`Bearer realm=\"coupond\"`")],
                     );
-                    add(
-                        "403",
-                        "`FORBIDDEN`: the key's scope does not cover this route",
-                        &[],
-                    );
+                    // Every scope may read; only a write can be out of a key's scope.
+                    if write {
+                        add(
+                            "403",
+                            "`FORBIDDEN`: the key's scope does not cover this route",
+                            &[],
+                        );
+                    }
                 }
                 if idempotent {
                     add(
@@ -190,15 +194,21 @@ fn error_response(description: String, headers: &[(&str, &str)]) -> utoipa::open
                 .build(),
         );
     for (name, description) in headers {
-        builder = builder.header(*name, header(description));
+        builder = builder.header(*name, header(name, description));
     }
     builder.build()
 }
 
-fn header(description: &str) -> utoipa::openapi::header::Header {
+fn header(name: &str, description: &str) -> utoipa::openapi::header::Header {
+    // Retry-After is a number of seconds; the others are text.
+    let kind = if name == "Retry-After" {
+        utoipa::openapi::Type::Integer
+    } else {
+        utoipa::openapi::Type::String
+    };
     utoipa::openapi::header::HeaderBuilder::new()
         .schema(Some(
-            utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::Type::String),
+            utoipa::openapi::ObjectBuilder::new().schema_type(kind),
         ))
         .description(Some(description))
         .build()
@@ -222,7 +232,7 @@ fn add_error(
                 existing
                     .headers
                     .entry((*name).to_owned())
-                    .or_insert_with(|| utoipa::openapi::RefOr::T(header(description)));
+                    .or_insert_with(|| utoipa::openapi::RefOr::T(header(name, description)));
             }
         }
         Some(RefOr::Ref(_)) => {}
@@ -250,6 +260,7 @@ fn mark_replays(
                 .entry("Idempotent-Replayed".to_owned())
                 .or_insert_with(|| {
                     utoipa::openapi::RefOr::T(header(
+                        "Idempotent-Replayed",
                         "`true` when this is the stored answer of an earlier request with the same key",
                     ))
                 });
@@ -421,7 +432,7 @@ pub struct CancelBody {
     #[schema(min_length = 1, max_length = 64, example = "ABCDE12345")]
     code: String,
     /// Kept in the coupon's history.
-    #[schema(max_length = 500)]
+    #[schema(min_length = 1, max_length = 500)]
     reason: Option<String>,
 }
 
@@ -433,7 +444,7 @@ pub struct UnredeemBody {
     /// The order the coupon was redeemed for.
     #[schema(min_length = 1, max_length = 64, example = "ord_1")]
     order_id: String,
-    #[schema(max_length = 500)]
+    #[schema(min_length = 1, max_length = 500)]
     reason: Option<String>,
 }
 

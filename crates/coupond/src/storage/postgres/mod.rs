@@ -9,8 +9,10 @@ mod hot;
 mod keys;
 mod queries;
 mod rows;
+mod sessions;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
@@ -37,6 +39,18 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 pub struct PgStore {
     pool: PgPool,
     faults: Arc<Faults>,
+    /// Until when (ms since the Unix epoch) the database counts as down: requests then
+    /// fail at once with 503 instead of each waiting out the pool's timeout.
+    down_until: Arc<AtomicI64>,
+}
+
+/// How long the database counts as down after a connection could not be had.
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+fn epoch_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl PgStore {
@@ -55,12 +69,17 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(options.acquire_timeout)
+            // No ping before every use: that is a round trip per request. A connection
+            // that broke meanwhile fails its query, is dropped, and that request gets a
+            // 503 it may retry.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await?;
         Ok(PgStore {
             pool,
             faults: options.faults,
+            down_until: Arc::default(),
         })
     }
 
@@ -71,8 +90,20 @@ impl PgStore {
 
     /// A pooled connection; how long it took to get one is recorded.
     async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        if epoch_millis() < self.down_until.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "the database was unreachable a moment ago".to_owned(),
+            ));
+        }
         let started = std::time::Instant::now();
-        let conn = self.pool.acquire().await?;
+        // Not getting a connection at all (refused, timed out, the database gone) is
+        // the database being unavailable, whatever the driver calls it; for a moment
+        // after, others do not wait for it either.
+        let conn = self.pool.acquire().await.map_err(|e| {
+            let until = epoch_millis() + DOWN_FOR.as_millis() as i64;
+            self.down_until.store(until, Ordering::Relaxed);
+            StoreError::Unavailable(e.to_string())
+        })?;
         crate::metrics::record_db_wait("pool", started.elapsed());
         Ok(conn)
     }
@@ -89,9 +120,10 @@ impl PgStore {
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.acquire().await?;
         let (applied,): (Option<i64>,) =
             sqlx::query_as("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await?;
         super::check_schema(applied, &MIGRATOR)
     }

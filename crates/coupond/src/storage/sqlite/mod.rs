@@ -6,6 +6,7 @@ mod commands;
 mod keys;
 mod queries;
 mod reads;
+mod sessions;
 mod writer;
 
 use std::path::PathBuf;
@@ -42,7 +43,13 @@ struct Inner {
     faults: Arc<Faults>,
     /// Dropping it stops the checkpointer.
     checkpointer: std::sync::Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    /// The last write that failed for want of the database (disk full, read-only,
+    /// I/O error), cleared by the next one that succeeds: readiness reports it.
+    write_failure: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a failed write keeps readiness at 503 when nothing has written since.
+const WRITE_FAILURE_SHOWS_FOR: Duration = Duration::from_secs(10);
 
 /// The file a `sqlite:` URL names. In-memory databases are refused: the writer and the
 /// readers are separate connections, and each would see a database of its own.
@@ -89,6 +96,7 @@ impl SqliteStore {
                 connect,
                 faults: options.faults,
                 checkpointer: std::sync::Mutex::new(Some(stop_checkpoints)),
+                write_failure: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -120,7 +128,17 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::WriterGone)?;
         // A dropped reply means the writer could not even start the group.
-        rx.await.map_err(|_| StoreError::WriterGone)?
+        let result = rx.await.map_err(|_| StoreError::WriterGone)?;
+        if let Ok(mut failure) = self.inner.write_failure.lock() {
+            match &result {
+                Ok(_) => *failure = None,
+                Err(e) if e.is_unavailable() => {
+                    *failure = Some((std::time::Instant::now(), e.to_string()));
+                }
+                Err(_) => {}
+            }
+        }
+        result
     }
 
     /// Readers idle and writes queued, for the metrics page.
@@ -154,7 +172,13 @@ impl SqliteStore {
         if self.inner.writer.is_closed() {
             return Err(StoreError::WriterGone);
         }
-        Ok(())
+        let failure = self.inner.write_failure.lock().ok().and_then(|f| f.clone());
+        match failure {
+            Some((at, why)) if at.elapsed() < WRITE_FAILURE_SHOWS_FOR => Err(
+                StoreError::Unavailable(format!("writes are failing: {why}")),
+            ),
+            _ => Ok(()),
+        }
     }
 
     pub async fn close(&self) {

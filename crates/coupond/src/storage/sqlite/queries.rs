@@ -106,8 +106,8 @@ impl SqliteStore {
         }
         if let Some(name) = &filter.name {
             sql.and(
-                "name LIKE ? ESCAPE '\\'",
-                Value::Text(format!("%{}%", crate::storage::escape_like(name))),
+                "instr(coupond_fold(name), ?) > 0",
+                Value::Text(name.to_lowercase()),
             );
         }
         if let Some(after_id) = filter.page.after_id {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::storage::StoreError;
@@ -39,6 +40,14 @@ impl ReadPool {
         // A small page cache per reader: the OS caches the file too, and the server's
         // memory stays flat however many readers there are.
         conn.pragma_update(None, "cache_size", -1024)?;
+        // Case folding beyond ASCII (SQLite's own LIKE and lower() stop at ASCII), so
+        // that searching a name works as on PostgreSQL.
+        conn.create_scalar_function(
+            "coupond_fold",
+            1,
+            FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+            |ctx| Ok(ctx.get::<String>(0)?.to_lowercase()),
+        )?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
     }
