@@ -401,7 +401,7 @@ impl Store {
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
         match self {
             Store::Sqlite(s) => s.execute(request).await,
-            Store::Postgres(s) => s.execute(request).await,
+            Store::Postgres(s) => s.guarded(s.execute(request)).await,
         }
     }
 
@@ -413,14 +413,14 @@ impl Store {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.find_idempotency_record(scope, key).await,
-            Store::Postgres(s) => s.find_idempotency_record(scope, key).await,
+            Store::Postgres(s) => s.guarded(s.find_idempotency_record(scope, key)).await,
         }
     }
 
     pub async fn list_coupons(&self, filter: &ListFilter) -> Result<Vec<Coupon>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_coupons(filter).await,
-            Store::Postgres(s) => s.list_coupons(filter).await,
+            Store::Postgres(s) => s.guarded(s.list_coupons(filter)).await,
         }
     }
 
@@ -428,7 +428,7 @@ impl Store {
     pub async fn get_batch(&self, id: i64) -> Result<Option<(Batch, BatchStats)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_batch(id).await,
-            Store::Postgres(s) => s.get_batch(id).await,
+            Store::Postgres(s) => s.guarded(s.get_batch(id)).await,
         }
     }
 
@@ -440,7 +440,7 @@ impl Store {
     ) -> Result<Vec<(Batch, BatchStats)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_batches(filter).await,
-            Store::Postgres(s) => s.list_batches(filter).await,
+            Store::Postgres(s) => s.guarded(s.list_batches(filter)).await,
         }
     }
 
@@ -449,7 +449,7 @@ impl Store {
     pub async fn find_coupon(&self, code: &str) -> Result<Option<CouponRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.find_coupon(code).await,
-            Store::Postgres(s) => s.find_coupon(code).await,
+            Store::Postgres(s) => s.guarded(s.find_coupon(code)).await,
         }
     }
 
@@ -457,14 +457,14 @@ impl Store {
     pub async fn coupon_events(&self, coupon_id: i64) -> Result<Vec<CouponEvent>, StoreError> {
         match self {
             Store::Sqlite(s) => s.coupon_events(coupon_id).await,
-            Store::Postgres(s) => s.coupon_events(coupon_id).await,
+            Store::Postgres(s) => s.guarded(s.coupon_events(coupon_id)).await,
         }
     }
 
     pub async fn get_code_job(&self, id: i64) -> Result<Option<CodeJob>, StoreError> {
         match self {
             Store::Sqlite(s) => s.get_code_job(id).await,
-            Store::Postgres(s) => s.get_code_job(id).await,
+            Store::Postgres(s) => s.guarded(s.get_code_job(id)).await,
         }
     }
 
@@ -472,7 +472,7 @@ impl Store {
     pub async fn running_code_jobs(&self) -> Result<Vec<CodeJob>, StoreError> {
         match self {
             Store::Sqlite(s) => s.running_code_jobs().await,
-            Store::Postgres(s) => s.running_code_jobs().await,
+            Store::Postgres(s) => s.guarded(s.running_code_jobs()).await,
         }
     }
 
@@ -481,7 +481,7 @@ impl Store {
     pub async fn run_code_job_chunk(&self, job_id: i64) -> Result<Option<CodeJob>, StoreError> {
         match self {
             Store::Sqlite(s) => s.run_code_job_chunk(job_id).await,
-            Store::Postgres(s) => s.run_code_job_chunk(job_id).await,
+            Store::Postgres(s) => s.guarded(s.run_code_job_chunk(job_id)).await,
         }
     }
 
@@ -494,7 +494,7 @@ impl Store {
     ) -> Result<Vec<Coupon>, StoreError> {
         match self {
             Store::Sqlite(s) => s.batch_coupons(batch_id, after_id, limit).await,
-            Store::Postgres(s) => s.batch_coupons(batch_id, after_id, limit).await,
+            Store::Postgres(s) => s.guarded(s.batch_coupons(batch_id, after_id, limit)).await,
         }
     }
 
@@ -508,7 +508,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge_idempotency(by, cutoff, limit).await,
-            Store::Postgres(s) => s.purge_idempotency(by, cutoff, limit).await,
+            Store::Postgres(s) => s.guarded(s.purge_idempotency(by, cutoff, limit)).await,
         }
     }
 
@@ -519,7 +519,7 @@ impl Store {
     ) -> Result<ApiKey, StoreError> {
         match self {
             Store::Sqlite(s) => s.create_api_key(key, now).await,
-            Store::Postgres(s) => s.create_api_key(key, now).await,
+            Store::Postgres(s) => s.guarded(s.create_api_key(key, now)).await,
         }
     }
 
@@ -531,7 +531,7 @@ impl Store {
     ) -> Result<Option<ApiKey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.bootstrap_api_key(key, now).await,
-            Store::Postgres(s) => s.bootstrap_api_key(key, now).await,
+            Store::Postgres(s) => s.guarded(s.bootstrap_api_key(key, now)).await,
         }
     }
 
@@ -543,7 +543,7 @@ impl Store {
     ) -> Result<Option<ApiKey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.revoke_api_key(id, now).await,
-            Store::Postgres(s) => s.revoke_api_key(id, now).await,
+            Store::Postgres(s) => s.guarded(s.revoke_api_key(id, now)).await,
         }
     }
 
@@ -554,14 +554,14 @@ impl Store {
         }
         match self {
             Store::Sqlite(s) => s.touch_api_keys(used).await,
-            Store::Postgres(s) => s.touch_api_keys(used).await,
+            Store::Postgres(s) => s.guarded(s.touch_api_keys(used)).await,
         }
     }
 
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.list_api_keys().await,
-            Store::Postgres(s) => s.list_api_keys().await,
+            Store::Postgres(s) => s.guarded(s.list_api_keys()).await,
         }
     }
 
@@ -569,7 +569,7 @@ impl Store {
     pub async fn find_api_key(&self, hash: &[u8; 32]) -> Result<Option<ApiKey>, StoreError> {
         match self {
             Store::Sqlite(s) => s.find_api_key(hash).await,
-            Store::Postgres(s) => s.find_api_key(hash).await,
+            Store::Postgres(s) => s.guarded(s.find_api_key(hash)).await,
         }
     }
 
@@ -577,7 +577,7 @@ impl Store {
     pub async fn active_api_keys(&self) -> Result<Vec<(Vec<u8>, ApiKey)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.active_api_keys().await,
-            Store::Postgres(s) => s.active_api_keys().await,
+            Store::Postgres(s) => s.guarded(s.active_api_keys()).await,
         }
     }
 
@@ -587,7 +587,7 @@ impl Store {
     pub async fn create_admin_session(&self, session: NewAdminSession) -> Result<i64, StoreError> {
         match self {
             Store::Sqlite(s) => s.create_admin_session(session).await,
-            Store::Postgres(s) => s.create_admin_session(session).await,
+            Store::Postgres(s) => s.guarded(s.create_admin_session(session)).await,
         }
     }
 
@@ -600,7 +600,7 @@ impl Store {
     ) -> Result<Option<AdminSession>, StoreError> {
         match self {
             Store::Sqlite(s) => s.find_admin_session(token_hash, now).await,
-            Store::Postgres(s) => s.find_admin_session(token_hash, now).await,
+            Store::Postgres(s) => s.guarded(s.find_admin_session(token_hash, now)).await,
         }
     }
 
@@ -612,7 +612,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.touch_admin_session(id, now).await,
-            Store::Postgres(s) => s.touch_admin_session(id, now).await,
+            Store::Postgres(s) => s.guarded(s.touch_admin_session(id, now)).await,
         }
     }
 
@@ -620,7 +620,7 @@ impl Store {
     pub async fn delete_admin_session(&self, id: i64) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.delete_admin_session(id).await,
-            Store::Postgres(s) => s.delete_admin_session(id).await,
+            Store::Postgres(s) => s.guarded(s.delete_admin_session(id)).await,
         }
     }
 
@@ -628,7 +628,7 @@ impl Store {
     pub async fn end_admin_sessions_of_key(&self, api_key_id: i64) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.end_admin_sessions_of_key(api_key_id).await,
-            Store::Postgres(s) => s.end_admin_sessions_of_key(api_key_id).await,
+            Store::Postgres(s) => s.guarded(s.end_admin_sessions_of_key(api_key_id)).await,
         }
     }
 
@@ -636,7 +636,7 @@ impl Store {
     pub async fn purge_admin_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         match self {
             Store::Sqlite(s) => s.purge_admin_sessions(now).await,
-            Store::Postgres(s) => s.purge_admin_sessions(now).await,
+            Store::Postgres(s) => s.guarded(s.purge_admin_sessions(now)).await,
         }
     }
 
@@ -647,7 +647,7 @@ impl Store {
     ) -> Result<Vec<(Batch, BatchStats)>, StoreError> {
         match self {
             Store::Sqlite(s) => s.admin_list_batches(filter).await,
-            Store::Postgres(s) => s.admin_list_batches(filter).await,
+            Store::Postgres(s) => s.guarded(s.admin_list_batches(filter)).await,
         }
     }
 
@@ -660,7 +660,7 @@ impl Store {
     ) -> Result<BucketCounts, StoreError> {
         match self {
             Store::Sqlite(s) => s.batch_activity(batch_id, window).await,
-            Store::Postgres(s) => s.batch_activity(batch_id, window).await,
+            Store::Postgres(s) => s.guarded(s.batch_activity(batch_id, window)).await,
         }
     }
 
@@ -668,7 +668,7 @@ impl Store {
     pub async fn recent_activity(&self, limit: i64) -> Result<Vec<ActivityEntry>, StoreError> {
         match self {
             Store::Sqlite(s) => s.recent_activity(limit).await,
-            Store::Postgres(s) => s.recent_activity(limit).await,
+            Store::Postgres(s) => s.guarded(s.recent_activity(limit)).await,
         }
     }
 
@@ -682,7 +682,7 @@ impl Store {
     ) -> Result<KeyCreation, StoreError> {
         match self {
             Store::Sqlite(s) => s.create_api_key_once(claim, key, now).await,
-            Store::Postgres(s) => s.create_api_key_once(claim, key, now).await,
+            Store::Postgres(s) => s.guarded(s.create_api_key_once(claim, key, now)).await,
         }
     }
 
@@ -697,7 +697,7 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.ping().await,
-            Store::Postgres(s) => s.ping().await,
+            Store::Postgres(s) => s.guarded(s.ping()).await,
         }
     }
 

@@ -54,7 +54,7 @@ impl PgStore {
             .bind(key.hash.as_slice())
             .bind(&key.prefix)
             .bind(now)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.acquire().await?)
             .await?;
         Ok(row.into())
     }
@@ -99,7 +99,7 @@ impl PgStore {
         ))
         .bind(id)
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         Ok(row.map(ApiKey::from))
     }
@@ -112,7 +112,7 @@ impl PgStore {
         )
         .bind(&ids)
         .bind(&times)
-        .execute(&self.pool)
+        .execute(&mut *self.acquire().await?)
         .await?;
         Ok(())
     }
@@ -120,7 +120,7 @@ impl PgStore {
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows: Vec<KeyRow> =
             sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY id"))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.acquire().await?)
                 .await?;
         Ok(rows.into_iter().map(ApiKey::from).collect())
     }
@@ -130,7 +130,7 @@ impl PgStore {
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
         ))
         .bind(hash.as_slice())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         Ok(row.map(ApiKey::from))
     }
@@ -146,7 +146,7 @@ impl PgStore {
         let rows: Vec<Row> = sqlx::query_as(&format!(
             "SELECT key_hash, {KEY_COLUMNS} FROM api_keys WHERE revoked_at IS NULL"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         Ok(rows
             .into_iter()

@@ -4,6 +4,7 @@
 //! spread over its counter shards. The hot writes (issue, redeem) are one round trip
 //! each, see `hot`; the rest run as ordinary transactions here.
 
+mod breaker;
 mod commands;
 mod hot;
 mod keys;
@@ -12,12 +13,10 @@ mod rows;
 mod sessions;
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgDatabaseError, PgPool, PgPoolOptions};
-use sqlx::{Acquire, Postgres};
+use sqlx::{Acquire, Connection, Postgres};
 use time::OffsetDateTime;
 
 use super::{
@@ -25,6 +24,7 @@ use super::{
     WriteRequest,
 };
 use crate::faults::{FaultAction, Faults};
+use breaker::Breaker;
 use rows::RecordRow;
 use std::sync::Arc;
 
@@ -39,18 +39,7 @@ const LOCK_NOT_AVAILABLE: &str = "55P03";
 pub struct PgStore {
     pool: PgPool,
     faults: Arc<Faults>,
-    /// Until when (ms since the Unix epoch) the database counts as down: requests then
-    /// fail at once with 503 instead of each waiting out the pool's timeout.
-    down_until: Arc<AtomicI64>,
-}
-
-/// How long the database counts as down after a connection could not be had.
-const DOWN_FOR: Duration = Duration::from_secs(1);
-
-fn epoch_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    breaker: Breaker,
 }
 
 impl PgStore {
@@ -79,33 +68,57 @@ impl PgStore {
         Ok(PgStore {
             pool,
             faults: options.faults,
-            down_until: Arc::default(),
+            breaker: Breaker::default(),
         })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&mut *self.acquire().await?).await?;
         Ok(())
     }
 
     /// A pooled connection; how long it took to get one is recorded.
     async fn acquire(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        if epoch_millis() < self.down_until.load(Ordering::Relaxed) {
-            return Err(StoreError::Unavailable(
-                "the database was unreachable a moment ago".to_owned(),
-            ));
-        }
         let started = std::time::Instant::now();
-        // Not getting a connection at all (refused, timed out, the database gone) is
-        // the database being unavailable, whatever the driver calls it; for a moment
-        // after, others do not wait for it either.
-        let conn = self.pool.acquire().await.map_err(|e| {
-            let until = epoch_millis() + DOWN_FOR.as_millis() as i64;
-            self.down_until.store(until, Ordering::Relaxed);
-            StoreError::Unavailable(e.to_string())
-        })?;
-        crate::metrics::record_db_wait("pool", started.elapsed());
-        Ok(conn)
+        let mut dead = 0;
+        loop {
+            // Not getting a connection at all (refused, timed out, the database gone)
+            // is the database being unavailable, whatever the driver calls it.
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            if self.breaker.suspect() {
+                if let Err(e) = conn.ping().await {
+                    // Opened before an outage: out of the pool, and try the next.
+                    drop(conn.detach());
+                    dead += 1;
+                    if dead > self.pool.options().get_max_connections() {
+                        return Err(StoreError::Unavailable(e.to_string()));
+                    }
+                    continue;
+                }
+            }
+            crate::metrics::record_db_wait("pool", started.elapsed());
+            return Ok(conn);
+        }
+    }
+
+    /// Runs one store operation behind the breaker: refused at once while the database
+    /// is down, and an answer that shows it down trips the breaker for everyone.
+    pub async fn guarded<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.breaker.check()?;
+        let result = work.await;
+        if let Err(e) = &result {
+            if e.is_unavailable() {
+                self.breaker.trip(&self.pool);
+            }
+        }
+        result
     }
 
     /// Connections open and idle, for the metrics page.
@@ -143,7 +156,7 @@ impl PgStore {
         )
         .bind(scope)
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         Ok(row.and_then(RecordRow::into_record))
     }
@@ -250,7 +263,7 @@ impl PgStore {
         ))
         .bind(cutoff)
         .bind(limit)
-        .execute(&self.pool)
+        .execute(&mut *self.acquire().await?)
         .await?;
         Ok(done.rows_affected())
     }

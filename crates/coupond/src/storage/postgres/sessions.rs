@@ -88,7 +88,7 @@ impl PgStore {
         .bind(&session.csrf_token)
         .bind(session.created_at)
         .bind(session.expires_at)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.acquire().await?)
         .await?;
         Ok(id)
     }
@@ -106,7 +106,7 @@ impl PgStore {
         ))
         .bind(token_hash.as_slice())
         .bind(now)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         Ok(row.map(AdminSession::from))
     }
@@ -121,7 +121,7 @@ impl PgStore {
         )
         .bind(id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *self.acquire().await?)
         .await?;
         Ok(())
     }
@@ -129,7 +129,7 @@ impl PgStore {
     pub async fn delete_admin_session(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM admin_sessions WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *self.acquire().await?)
             .await?;
         Ok(())
     }
@@ -137,7 +137,7 @@ impl PgStore {
     pub async fn end_admin_sessions_of_key(&self, api_key_id: i64) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM admin_sessions WHERE api_key_id = $1")
             .bind(api_key_id)
-            .execute(&self.pool)
+            .execute(&mut *self.acquire().await?)
             .await?;
         Ok(done.rows_affected())
     }
@@ -145,7 +145,7 @@ impl PgStore {
     pub async fn purge_admin_sessions(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM admin_sessions WHERE expires_at <= $1")
             .bind(now)
-            .execute(&self.pool)
+            .execute(&mut *self.acquire().await?)
             .await?;
         Ok(done.rows_affected())
     }
