@@ -318,6 +318,25 @@ mod tests {
     }
 
     #[test]
+    fn fingerprint_survives_floats_printed_again() {
+        // Found by the `fingerprint` fuzz target; needs serde_json's float_roundtrip.
+        for text in [
+            "111111111111111111112",
+            "1e2",
+            "0.30000000000000004",
+            "5e-324",
+        ] {
+            let first: Value = serde_json::from_str(&format!("{{\"a\": {text}}}")).expect("json");
+            let again: Value = serde_json::from_str(&first.to_string()).expect("json");
+            assert_eq!(
+                fingerprint("POST", "/p/", &first),
+                fingerprint("POST", "/p/", &again),
+                "{text} -> {first}"
+            );
+        }
+    }
+
+    #[test]
     fn fingerprint_ignores_key_order_and_spacing() {
         let a: Value =
             serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": "s"}}"#).expect("json");

@@ -106,6 +106,15 @@ pub fn normalize_code(code: &str) -> String {
     code.trim().to_ascii_uppercase()
 }
 
+/// A code a client sent, ready to look up; `None` when no coupon can have it (empty,
+/// too long, or holding a control character, which PostgreSQL text cannot even hold).
+pub fn code_to_look_up(raw: &str) -> Option<String> {
+    let code = normalize_code(raw);
+    let possible =
+        !code.is_empty() && code.len() <= MAX_CODE_LENGTH && !code.chars().any(char::is_control);
+    possible.then_some(code)
+}
+
 /// `len` characters drawn uniformly from `alphabet` (at most 256 symbols), with one
 /// read of the OS CSPRNG for most strings instead of one per character.
 pub fn random_string(alphabet: &[u8], len: usize) -> String {

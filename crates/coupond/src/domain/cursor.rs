@@ -20,7 +20,8 @@ pub fn decode(cursor: &str) -> Option<i64> {
     let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
     let text = std::str::from_utf8(&bytes).ok()?;
     let id = text.strip_prefix(VERSION)?.strip_prefix(':')?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+    // Only the spelling `encode` produces: one cursor per position, no leading zeros.
+    if id.is_empty() || id.starts_with('0') || !id.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     id.parse::<i64>().ok().filter(|id| *id >= 1)
@@ -39,6 +40,7 @@ mod tests {
         assert_eq!(decode(&URL_SAFE_NO_PAD.encode("v1:-3")), None);
         assert_eq!(decode(&URL_SAFE_NO_PAD.encode("v2:3")), None);
         assert_eq!(decode(&URL_SAFE_NO_PAD.encode("v1:0")), None);
+        assert_eq!(decode(&URL_SAFE_NO_PAD.encode("v1:007")), None);
     }
 
     proptest! {
@@ -50,6 +52,14 @@ mod tests {
         #[test]
         fn garbage_never_panics(s in ".{0,100}") {
             let _ = decode(&s);
+        }
+
+        #[test]
+        fn only_what_encode_made_is_accepted(id in "[0-9]{1,20}", prefix in "(v1:|v1|v2:|)") {
+            let s = URL_SAFE_NO_PAD.encode(format!("{prefix}{id}"));
+            if let Some(id) = decode(&s) {
+                prop_assert_eq!(encode(id), s);
+            }
         }
     }
 }

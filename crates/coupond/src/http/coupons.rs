@@ -17,7 +17,7 @@ use super::render::{
     EventView, RedeemView, ValidView,
 };
 use super::{query_pairs, write_once, AppState};
-use crate::domain::code::{normalize_code, MAX_CODE_LENGTH};
+use crate::domain::code::{code_to_look_up, MAX_CODE_LENGTH};
 use crate::domain::coupon::{self, check_redeemable, history, Query};
 use crate::http::error::envelope_bytes;
 use crate::idempotency::fingerprint;
@@ -231,15 +231,14 @@ pub async fn list_coupons(
 }
 
 fn code_param(code: &str) -> Result<String, ApiError> {
-    let code = normalize_code(code);
-    if code.is_empty() || code.len() > MAX_CODE_LENGTH || code.chars().any(char::is_control) {
+    let Some(code) = code_to_look_up(code) else {
         let mut errors = crate::domain::FieldErrors::default();
         errors.add(
             "code",
             format!("must be 1 to {MAX_CODE_LENGTH} characters, none a control character"),
         );
         return Err(ApiError::validation(errors));
-    }
+    };
     Ok(code)
 }
 

@@ -521,3 +521,140 @@ async fn sessions_end(backend: Backend) {
     assert_eq!(admin.get("/admin/").await.status, 303);
 }
 backend_test!(sessions_end);
+
+/// Quotes, SQL fragments, `LIKE` wildcards, control characters and sheer length through
+/// every field of the console (searches, filters, cursors, the idempotency lookup, the
+/// new-batch form, the sign-in key): never a server error, the page escapes what it
+/// shows, and no row is touched but the one a form creates.
+async fn hostile_input_through_every_console_field(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let canary = app.new_batch(&seed_batch()).await;
+    let code = app.issue_ok(canary, "canary-user").await["code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    let console = Console::sign_in(&base(&app), TEST_ADMIN_KEY).await;
+    let long = "x'".repeat(5_000);
+    let payloads: Vec<&str> = vec![
+        "'",
+        "\"",
+        "\\",
+        "' OR '1'='1",
+        "'; DROP TABLE coupons; --",
+        "Robert'); DROP TABLE coupon_batches;--",
+        "' UNION SELECT key_hash, key_prefix FROM api_keys --",
+        "%",
+        "_",
+        "%' --",
+        "$1",
+        "?1",
+        "/* comment */",
+        "';SELECT pg_sleep(5);--",
+        "<script>alert(1)</script>",
+        "a\u{0}b",
+        "\u{7}\u{1b}[31m",
+        "\u{202e}ǅ ß İ 🎟",
+        long.as_str(),
+    ];
+    let query = |pairs: &[(&str, &str)]| serde_urlencoded::to_string(pairs).expect("query");
+    for payload in &payloads {
+        let pages = [
+            format!("/admin/batches?{}", query(&[("q", payload)])),
+            format!("/admin/batches?{}", query(&[("state", payload)])),
+            format!("/admin/batches?{}", query(&[("cursor", payload)])),
+            format!("/admin/coupons?{}", query(&[("q", payload)])),
+            format!(
+                "/admin/coupons?{}",
+                query(&[("q", "canary-user"), ("status", payload)])
+            ),
+            format!(
+                "/admin/coupons?{}",
+                query(&[("q", "canary-user"), ("cursor", payload)])
+            ),
+            format!("/admin/idempotency?{}", query(&[("key", payload)])),
+            format!(
+                "/admin/idempotency?{}",
+                query(&[("key", payload), ("owner", payload)])
+            ),
+        ];
+        for path in pages {
+            let page = console.get(&path).await;
+            assert!(
+                page.status.is_success() || page.status.is_client_error(),
+                "{path}: {page:?}"
+            );
+            assert!(
+                !page.body.contains("<script>alert(1)</script>"),
+                "{path} shows markup unescaped"
+            );
+        }
+        // A coupon's page for a code that is a payload: not found, not an error.
+        let path = format!("/admin/coupons/{}", urlencoding_path(payload));
+        let page = console.get(&path).await;
+        assert!(!page.status.is_server_error(), "{path}: {page:?}");
+
+        // The new-batch form with the payload as its name: created verbatim (and
+        // shown escaped) or refused with the API's message.
+        let form = console.get("/admin/batches/new").await;
+        let csrf = form.input("csrf").expect("csrf");
+        let idem = form.input("idem").expect("idem");
+        let created = console
+            .post(
+                "/admin/batches/new",
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("idem", idem.as_str()),
+                    ("name", payload),
+                    ("discount_type", "fixed"),
+                    ("amount", "500"),
+                    ("total_limit", "10"),
+                    ("per_user_limit", "1"),
+                    ("expires_at", "2099-01-01T00:00"),
+                    ("redeem_policy", "anyone"),
+                    ("code_length", "10"),
+                    ("code_alphabet", "standard"),
+                ],
+            )
+            .await;
+        assert!(
+            created.status.is_redirection() || created.status.is_client_error(),
+            "name {payload:?}: {created:?}"
+        );
+        if created.status.is_redirection() {
+            let shown = console.get(created.location()).await;
+            assert_eq!(shown.status, 200, "{shown:?}");
+            assert!(!shown.body.contains("<script>alert(1)</script>"));
+        }
+    }
+    // Wrong keys made of payloads: refused (then throttled), never an error, never in.
+    for payload in &payloads {
+        let answer = Console::new(&base(&app)).try_sign_in(payload).await;
+        assert!(
+            answer.status.is_success() || answer.status.is_client_error(),
+            "key {payload:?}: {answer:?}"
+        );
+        assert!(answer.cookie("coupond_admin").is_none(), "{answer:?}");
+    }
+    // The canary is as it was.
+    let coupon = app.get(&format!("/v1/coupons/{code}/")).await;
+    assert_eq!(coupon.status, 200, "{coupon:?}");
+    assert_eq!(coupon.json()["status"], "issued");
+    assert_eq!(coupon.json()["issued_to"], "canary-user");
+    let listed = app.get(&format!("/v1/coupon-batches/{canary}/")).await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(listed.json()["stats"]["issued"], 1);
+}
+backend_test!(hostile_input_through_every_console_field);
+
+/// A path segment with everything but unreserved characters percent-encoded.
+fn urlencoding_path(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

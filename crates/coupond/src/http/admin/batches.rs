@@ -96,6 +96,8 @@ pub async fn list(
             "name",
             format!("must be at most {MAX_NAME_CHARS} characters"),
         );
+    } else if q.chars().any(char::is_control) {
+        errors.add("name", "must not contain control characters");
     }
     let now = crate::domain::now();
     let (batches, next) = if errors.is_empty() {

@@ -14,7 +14,7 @@ use super::templates::{
 };
 use super::views::{fmt_count, fmt_opt_time, key_label, or_dash, CouponRow, EventRow};
 use super::{Admin, AdminError};
-use crate::domain::code::{normalize_code, MAX_CODE_LENGTH};
+use crate::domain::code::code_to_look_up;
 use crate::domain::coupon::{
     self, check_cancellable, history, parse_list_filter, Query, MAX_REASON_CHARS,
 };
@@ -56,8 +56,7 @@ pub async fn search(
         ),
         Err(errors) => (Vec::new(), errors, PAGE),
     };
-    let code = normalize_code(&q);
-    let exact = if !code.is_empty() && code.len() <= MAX_CODE_LENGTH && cursor.is_empty() {
+    let exact = if let Some(code) = code_to_look_up(&q).filter(|_| cursor.is_empty()) {
         admin
             .app
             .store
@@ -88,10 +87,9 @@ pub async fn search(
 
 /// The coupon a path names, or a 404 page.
 async fn load(admin: &Admin, raw: &str) -> Result<CouponRecord, AdminError> {
-    let code = normalize_code(raw);
-    if code.is_empty() || code.len() > MAX_CODE_LENGTH {
+    let Some(code) = code_to_look_up(raw) else {
         return Err(AdminError::not_found("coupon"));
-    }
+    };
     admin
         .app
         .store
