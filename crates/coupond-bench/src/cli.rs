@@ -20,7 +20,7 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postg
 #[derive(Debug, Parser)]
 #[command(name = "coupond-bench", version)]
 pub struct Cli {
-    /// Workload(s) to run: issue, flash-sale, redeem, replay, list, mixed, or `all`; a
+    /// Workload(s) to run: issue, flash-sale, redeem, replay, list, mixed, ping, or `all`; a
     /// comma-separated list runs each in turn.
     #[arg(long, value_delimiter = ',', default_value = "issue", value_parser = parse_scenario)]
     pub scenario: Vec<ScenarioChoice>,
@@ -134,6 +134,9 @@ pub enum Scenario {
     List,
     /// A blend of issue, redeem, replay and list (see --mix).
     Mixed,
+    /// `GET /healthz`: no database, no JSON, no key; what this machine can serve over
+    /// HTTP at all, the ceiling the other scenarios are measured against.
+    Ping,
 }
 
 /// One `--scenario` value: a scenario, or `all` of them.
@@ -144,13 +147,14 @@ pub enum ScenarioChoice {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Issue,
         Scenario::FlashSale,
         Scenario::Redeem,
         Scenario::Replay,
         Scenario::List,
         Scenario::Mixed,
+        Scenario::Ping,
     ];
 
     pub fn name(self) -> &'static str {
@@ -161,6 +165,7 @@ impl Scenario {
             Scenario::Replay => "replay",
             Scenario::List => "list",
             Scenario::Mixed => "mixed",
+            Scenario::Ping => "ping",
         }
     }
 }
@@ -297,7 +302,7 @@ fn parse_scenario(s: &str) -> Result<ScenarioChoice> {
     match <Scenario as ValueEnum>::from_str(s, true) {
         Ok(sc) => Ok(ScenarioChoice::One(sc)),
         Err(_) => {
-            bail!("unknown scenario {s:?} (issue, flash-sale, redeem, replay, list, mixed or all)")
+            bail!("unknown scenario {s:?} (issue, flash-sale, redeem, replay, list, mixed, ping or all)")
         }
     }
 }

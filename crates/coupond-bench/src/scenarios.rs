@@ -19,6 +19,7 @@ pub const BATCHES_PATH: &str = "/v1/coupon-batches/";
 pub const ISSUE_PATH: &str = "/v1/coupons/issue/";
 pub const REDEEM_PATH: &str = "/v1/coupons/redeem/";
 pub const LIST_PATH: &str = "/v1/coupons/";
+pub const PING_PATH: &str = "/healthz";
 
 /// Room left in batches that should never run out, on top of what the run can possibly issue.
 const HEADROOM: u64 = 1_000_000_000;
@@ -92,6 +93,7 @@ enum Op {
         user_id: String,
         status: Option<&'static str>,
     },
+    Ping,
 }
 
 #[derive(Debug, Clone)]
@@ -198,7 +200,7 @@ pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
     let mut limit = requests.unwrap_or(u64::MAX);
 
     match cfg.scenario {
-        Scenario::Issue | Scenario::FlashSale => {}
+        Scenario::Issue | Scenario::FlashSale | Scenario::Ping => {}
         Scenario::Redeem | Scenario::Replay => {
             let tag = cfg.tag.clone();
             let (pool, o) = issue_many(
@@ -725,6 +727,13 @@ impl Workload {
                 let h = splitmix64(n);
                 self.list(h)
             }
+            Scenario::Ping => Step {
+                op: Op::Ping,
+                method: Method::GET,
+                path: PING_PATH.into(),
+                key: None,
+                body: None,
+            },
             Scenario::Mixed => {
                 let h = splitmix64(n);
                 let h2 = splitmix64(h);
@@ -903,6 +912,7 @@ impl Workload {
                     false
                 }
             }
+            Op::Ping => ans.status == 200,
         };
         stats.record_answer(ans.status, ans.label(), ans.latency, expected);
     }
