@@ -150,15 +150,7 @@ impl PgStore {
         scope: &str,
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let row: Option<RecordRow> = sqlx::query_as(
-            "SELECT fingerprint, response_status, response_body, created_at, expires_at \
-             FROM idempotency_records WHERE scope = $1 AND key = $2",
-        )
-        .bind(scope)
-        .bind(key)
-        .fetch_optional(&mut *self.acquire().await?)
-        .await?;
-        Ok(row.and_then(RecordRow::into_record))
+        stored_record(&mut *self.acquire().await?, scope, key).await
     }
 
     pub async fn execute(&self, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
@@ -210,16 +202,8 @@ impl PgStore {
                 .await;
         let (claimed,) = claimed?;
         if !claimed {
-            let row: Option<RecordRow> = sqlx::query_as(
-                "SELECT fingerprint, response_status, response_body, created_at, expires_at \
-                 FROM idempotency_records WHERE scope = $1 AND key = $2",
-            )
-            .bind(&claim.scope)
-            .bind(&claim.key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let outcome = row
-                .and_then(RecordRow::into_record)
+            let outcome = stored_record(&mut tx, &claim.scope, &claim.key)
+                .await?
                 .and_then(|record| record.answer(&claim.fingerprint, now));
             // The row was there a moment ago and rows are only ever committed whole, so
             // "gone" can only mean a purge raced us: let the client retry.
@@ -282,4 +266,21 @@ fn waited_on_claim(e: &sqlx::Error) -> bool {
     db.try_downcast_ref::<PgDatabaseError>()
         .and_then(|pg| pg.r#where())
         .is_some_and(|context| context.contains("coupond_claim_key"))
+}
+
+/// The idempotency record stored under (`scope`, `key`), if a whole one is.
+pub(super) async fn stored_record(
+    conn: &mut sqlx::PgConnection,
+    scope: &str,
+    key: &str,
+) -> Result<Option<IdempotencyRecord>, StoreError> {
+    let row: Option<RecordRow> = sqlx::query_as(
+        "SELECT fingerprint, response_status, response_body, created_at, expires_at \
+         FROM idempotency_records WHERE scope = $1 AND key = $2",
+    )
+    .bind(scope)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.and_then(RecordRow::into_record))
 }

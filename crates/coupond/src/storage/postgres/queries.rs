@@ -7,55 +7,29 @@ use super::rows::{
     COUPON_COLUMNS, JOB_COLUMNS,
 };
 use super::{commands, PgStore};
+use crate::domain::coupon::Page;
 use crate::domain::{Batch, BatchStats, CodeJob, Coupon, CouponEvent, CouponStatus, ListFilter};
 use crate::storage::{BatchFilter, CouponRecord, StoreError};
 
 impl PgStore {
     pub async fn list_coupons(&self, filter: &ListFilter) -> Result<Vec<Coupon>, StoreError> {
-        let mut query = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {COUPON_COLUMNS} FROM coupons c JOIN coupon_batches b ON b.id = c.batch_id \
-             WHERE TRUE"
-        ));
-        if let Some(user) = &filter.user_id {
-            // Each half walks its own index; together they are the user's coupons.
-            query
-                .push(" AND c.id IN (SELECT id FROM coupons WHERE issued_to = ")
-                .push_bind(user)
-                .push(" UNION SELECT id FROM coupons WHERE redeemed_by = ")
-                .push_bind(user)
-                .push(")");
-        }
-        match filter.status {
-            None => {}
-            Some(CouponStatus::Issued) => {
+        let mut query = QueryBuilder::<Postgres>::new("");
+        match &filter.user_id {
+            // A user's coupons are those issued to them and those they redeemed. Each half
+            // walks its own index in id order and stops after a page, so a page costs a
+            // page whatever the table holds; `c.id IN (one UNION other)` let the planner
+            // hash the user's ids and scan the whole table for them.
+            Some(user) => {
+                query.push("SELECT * FROM ((");
+                push_coupon_page(&mut query, Some(("c.issued_to", user)), filter);
+                query.push(") UNION (");
+                push_coupon_page(&mut query, Some(("c.redeemed_by", user)), filter);
                 query
-                    .push(" AND c.status = 'issued' AND b.expires_at > ")
-                    .push_bind(filter.now);
+                    .push(")) u ORDER BY id DESC LIMIT ")
+                    .push_bind(filter.limit);
             }
-            Some(CouponStatus::Expired) => {
-                query
-                    .push(" AND c.status = 'issued' AND b.expires_at <= ")
-                    .push_bind(filter.now);
-            }
-            Some(status) => {
-                query.push(" AND c.status = ").push_bind(status.as_str());
-            }
+            None => push_coupon_page(&mut query, None, filter),
         }
-        if let Some(batch) = filter.batch_id {
-            query.push(" AND c.batch_id = ").push_bind(batch);
-        }
-        if let Some(after) = filter.created_after {
-            query.push(" AND c.created_at >= ").push_bind(after);
-        }
-        if let Some(before) = filter.created_before {
-            query.push(" AND c.created_at < ").push_bind(before);
-        }
-        if let Some(after_id) = filter.after_id {
-            query.push(" AND c.id < ").push_bind(after_id);
-        }
-        query
-            .push(" ORDER BY c.id DESC LIMIT ")
-            .push_bind(filter.limit);
         let mut conn = self.acquire().await?;
         let rows: Vec<CouponRow> = query.build_query_as().fetch_all(&mut *conn).await?;
         Ok(rows.into_iter().map(Coupon::from).collect())
@@ -82,21 +56,8 @@ impl PgStore {
         if let Some(active) = filter.active {
             query.push(" AND b.active = ").push_bind(active);
         }
-        if let Some(name) = &filter.name {
-            query
-                .push(" AND b.name ILIKE ")
-                .push_bind(format!("%{}%", crate::storage::escape_like(name)))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(after_id) = filter.page.after_id {
-            query.push(" AND b.id < ").push_bind(after_id);
-        }
-        query
-            .push(" ORDER BY b.id DESC LIMIT ")
-            .push_bind(filter.page.limit);
-        let mut conn = self.acquire().await?;
-        let rows: Vec<BatchWithStats> = query.build_query_as().fetch_all(&mut *conn).await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        self.batch_page(query, filter.name.as_deref(), filter.page)
+            .await
     }
 
     pub async fn find_coupon(&self, code: &str) -> Result<Option<CouponRecord>, StoreError> {
@@ -184,5 +145,79 @@ impl PgStore {
         .fetch_all(&mut *conn)
         .await?;
         Ok(rows.into_iter().map(Coupon::from).collect())
+    }
+}
+
+/// One page of coupons matching `filter`, newest first; `who` narrows it to the rows
+/// whose `column` (a name chosen by the code) holds the user.
+fn push_coupon_page<'a>(
+    query: &mut QueryBuilder<'a, Postgres>,
+    who: Option<(&'static str, &'a String)>,
+    filter: &'a ListFilter,
+) {
+    query.push(format!(
+        "SELECT {COUPON_COLUMNS} FROM coupons c JOIN coupon_batches b ON b.id = c.batch_id \
+         WHERE TRUE"
+    ));
+    if let Some((column, user)) = who {
+        query.push(" AND ").push(column).push(" = ").push_bind(user);
+    }
+    match filter.status {
+        None => {}
+        Some(CouponStatus::Issued) => {
+            query
+                .push(" AND c.status = 'issued' AND b.expires_at > ")
+                .push_bind(filter.now);
+        }
+        Some(CouponStatus::Expired) => {
+            query
+                .push(" AND c.status = 'issued' AND b.expires_at <= ")
+                .push_bind(filter.now);
+        }
+        Some(status) => {
+            query.push(" AND c.status = ").push_bind(status.as_str());
+        }
+    }
+    if let Some(batch) = filter.batch_id {
+        query.push(" AND c.batch_id = ").push_bind(batch);
+    }
+    if let Some(after) = filter.created_after {
+        query.push(" AND c.created_at >= ").push_bind(after);
+    }
+    if let Some(before) = filter.created_before {
+        query.push(" AND c.created_at < ").push_bind(before);
+    }
+    if let Some(after_id) = filter.after_id {
+        query.push(" AND c.id < ").push_bind(after_id);
+    }
+    query
+        .push(" ORDER BY c.id DESC LIMIT ")
+        .push_bind(filter.limit);
+}
+
+impl PgStore {
+    /// Runs a batch query whose filters are in `query`, narrowed by a name search and
+    /// cut to one page, newest first (the API's list and the admin console's).
+    pub(super) async fn batch_page(
+        &self,
+        mut query: QueryBuilder<'_, Postgres>,
+        name: Option<&str>,
+        page: Page,
+    ) -> Result<Vec<(Batch, BatchStats)>, StoreError> {
+        if let Some(name) = name {
+            query
+                .push(" AND b.name ILIKE ")
+                .push_bind(format!("%{}%", crate::storage::escape_like(name)))
+                .push(" ESCAPE '\\'");
+        }
+        if let Some(after_id) = page.after_id {
+            query.push(" AND b.id < ").push_bind(after_id);
+        }
+        query
+            .push(" ORDER BY b.id DESC LIMIT ")
+            .push_bind(page.limit);
+        let mut conn = self.acquire().await?;
+        let rows: Vec<BatchWithStats> = query.build_query_as().fetch_all(&mut *conn).await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 }

@@ -4,7 +4,7 @@
 use sqlx::{Acquire, FromRow, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
-use super::rows::{BatchWithStats, RecordRow, BATCH_COLUMNS, BATCH_STATS};
+use super::rows::{BATCH_COLUMNS, BATCH_STATS};
 use super::{is_lock_timeout, PgStore};
 use crate::domain::{ApiKey, Batch, BatchStats, EventKind, NewApiKey};
 use crate::storage::{
@@ -171,21 +171,8 @@ impl PgStore {
                 query.push(" AND b.expires_at <= ").push_bind(filter.now);
             }
         }
-        if let Some(name) = &filter.name {
-            query
-                .push(" AND b.name ILIKE ")
-                .push_bind(format!("%{}%", crate::storage::escape_like(name)))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(after_id) = filter.page.after_id {
-            query.push(" AND b.id < ").push_bind(after_id);
-        }
-        query
-            .push(" ORDER BY b.id DESC LIMIT ")
-            .push_bind(filter.page.limit);
-        let mut conn = self.acquire().await?;
-        let rows: Vec<BatchWithStats> = query.build_query_as().fetch_all(&mut *conn).await?;
-        Ok(rows.into_iter().map(Into::into).collect())
+        self.batch_page(query, filter.name.as_deref(), filter.page)
+            .await
     }
 
     pub async fn batch_activity(
@@ -276,21 +263,15 @@ impl PgStore {
             Err(e) => return Err(e.into()),
         };
         if !claimed {
-            let row: Option<RecordRow> = sqlx::query_as(
-                "SELECT fingerprint, response_status, response_body, created_at, expires_at \
-                 FROM idempotency_records WHERE scope = $1 AND key = $2",
-            )
-            .bind(&claim.scope)
-            .bind(&claim.key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            return Ok(match row.and_then(RecordRow::into_record) {
-                Some(record) if record.fingerprint == claim.fingerprint => {
-                    KeyCreation::Replayed(record)
-                }
-                Some(_) => KeyCreation::Mismatch,
-                None => KeyCreation::InProgress,
-            });
+            return Ok(
+                match super::stored_record(&mut tx, &claim.scope, &claim.key).await? {
+                    Some(record) if record.fingerprint == claim.fingerprint => {
+                        KeyCreation::Replayed(record)
+                    }
+                    Some(_) => KeyCreation::Mismatch,
+                    None => KeyCreation::InProgress,
+                },
+            );
         }
         let (id, created_at): (i64, OffsetDateTime) = sqlx::query_as(
             "INSERT INTO api_keys (name, scope, key_hash, key_prefix, created_at) \
