@@ -370,6 +370,8 @@ pub struct TestApp {
     pub store: Store,
     /// The server's fault points; flip them at any time.
     pub faults: Arc<Faults>,
+    /// Where `/metrics` is served, when the settings turn it on.
+    pub metrics_addr: Option<SocketAddr>,
     client: ApiClient,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), AppError>>>,
@@ -416,6 +418,7 @@ impl TestApp {
             .await
             .unwrap_or_else(|e| panic!("starting coupond on {backend:?} failed: {e}"));
         let addr = app.local_addr();
+        let metrics_addr = app.metrics_addr();
         let store = app.store();
         let admin_key_id = store
             .find_api_key(&coupond::domain::apikey::hash_key(TEST_ADMIN_KEY))
@@ -439,6 +442,7 @@ impl TestApp {
             settings,
             store,
             faults,
+            metrics_addr,
             client: ApiClient {
                 http,
                 addr,
@@ -1216,51 +1220,10 @@ impl TestApp {
         backend: Backend,
         tweak: impl FnOnce(&mut ServeArgs),
     ) -> (TestApp, SocketAddr) {
-        let db = Arc::new(Database::create(backend).await);
-        let mut settings = test_settings(backend, db.url());
-        tweak(&mut settings);
-        let faults = Arc::new(Faults::default());
-        init_logging(&settings);
-        let app = Application::build(settings.clone(), faults.clone())
-            .await
-            .unwrap_or_else(|e| panic!("starting coupond on {backend:?} failed: {e}"));
+        let app = TestApp::spawn_with(backend, tweak, Arc::new(Faults::default())).await;
         let metrics = app
-            .metrics_addr()
+            .metrics_addr
             .expect("the settings turn the metrics listener on");
-        let addr = app.local_addr();
-        let store = app.store();
-        let admin_key_id = store
-            .find_api_key(&coupond::domain::apikey::hash_key(TEST_ADMIN_KEY))
-            .await
-            .expect("reading the admin key")
-            .map(|k| k.id)
-            .expect("the bootstrap admin key exists");
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until(async move {
-            let _ = rx.await;
-        }));
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("building the HTTP client");
-        let app = TestApp {
-            backend,
-            admin_key_id,
-            addr,
-            settings,
-            store,
-            faults,
-            client: ApiClient {
-                http,
-                addr,
-                base_url: format!("http://{addr}"),
-                api_key: Some(TEST_ADMIN_KEY.to_owned()),
-            },
-            shutdown: Some(tx),
-            server: Some(server),
-            db,
-        };
         (app, metrics)
     }
 }

@@ -52,7 +52,9 @@ impl Breaker {
 
     /// Whether a pooled connection should be checked (one round trip) before use.
     pub fn suspect(&self) -> bool {
-        epoch_millis() < self.state.suspect_until.load(Ordering::Acquire)
+        // Zero until the first trip: the usual case costs no clock read.
+        let until = self.state.suspect_until.load(Ordering::Acquire);
+        until != 0 && epoch_millis() < until
     }
 
     /// The database was found unreachable: refuse requests until a probe connects.
