@@ -2,6 +2,9 @@
 //! runtime, released together), and no request ever answers 5xx for it.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use coupond::faults::Faults;
 
 use crate::backend_test;
 use crate::helpers::*;
@@ -262,3 +265,47 @@ async fn many_concurrent_writers_never_fail(backend: Backend) {
     assert_eq!(app.new_batch(&seed_batch()).await, 19);
 }
 backend_test!(multi_thread: many_concurrent_writers_never_fail);
+
+async fn sell_outs_under_contention_never_fail(backend: Backend) {
+    // Many small batches sold out by three times as many racing users: on PostgreSQL the
+    // last units of several capacity shards run out at the same moment, which is where a
+    // transaction that has to wait for a unit could once deadlock with another (a 1 s
+    // stall, then 500). The pool is larger than other tests' so that a dozen transactions
+    // really are in the database at once.
+    let app = TestApp::spawn_with(
+        backend,
+        |s| s.database.db_max_connections = 12,
+        Arc::new(Faults::default()),
+    )
+    .await;
+    let client = app.client();
+    for round in 0..40 {
+        let limit = 17 + round % 16;
+        let batch = app.new_batch(&batch_with_limits(limit, 1)).await;
+        let responses = concurrently(3 * limit as usize, |i| {
+            let client = client.clone();
+            async move {
+                client
+                    .issue(
+                        batch,
+                        &format!("so-{round}-{i}"),
+                        &format!("so-{round}-{i}"),
+                    )
+                    .await
+            }
+        })
+        .await;
+        assert_no_server_errors(&responses);
+        let won = responses.iter().filter(|r| r.status == 200).count();
+        assert_eq!(
+            won,
+            limit as usize,
+            "round {round}: {:?}",
+            tally(&responses)
+        );
+        for r in responses.iter().filter(|r| r.status != 200) {
+            r.assert_error(409, "BATCH_LIMIT_REACHED");
+        }
+    }
+}
+backend_test!(multi_thread: sell_outs_under_contention_never_fail);
