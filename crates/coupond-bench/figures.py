@@ -95,15 +95,28 @@ def main():
                 results[f"{scenario}/{backend}"] = r
 
     if want("prefill"):
+        # One prefill per backend serves every measured run (--repeat): each run adds its
+        # coupons to the same batch, so run k starts from prefill + (k-1) * n. Before each
+        # of them (--with-empty) the same run on a fresh empty batch of the same server, so
+        # the ratio is not at the mercy of the machine's drift between invocations.
         print(f"issue on a batch already holding {prefill} coupons", flush=True)
         for backend in both:
-            r = median_of(
+            runs = bench(
                 f"prefill-{backend}",
                 ["--spawn", backend, "--scenario", "issue", "--concurrency", "64",
-                 "--requests", str(n), "--prefill", str(prefill)],
-                1,
+                 "--requests", str(n), "--prefill", str(prefill), "--repeat", str(repeat),
+                 "--with-empty"],
             )
-            results[f"issue-prefilled/{backend}"] = r
+            for label, pick in [("empty", True), ("prefilled", False)]:
+                chosen = [figures(r) for r in runs if bool(r.get("empty_control")) == pick]
+                by_rps = sorted(chosen, key=lambda r: r["rps"])
+                median = dict(by_rps[len(by_rps) // 2])
+                median["all_rps"] = [round(r["rps"]) for r in chosen]
+                median["p99_median"] = statistics.median(r["p99"] for r in chosen)
+                median["rss_max_mib"] = max(r["rss_mib"] for r in chosen)
+                results[f"issue-{label}/{backend}"] = median
+            ratio = results[f"issue-prefilled/{backend}"]["rps"] / results[f"issue-empty/{backend}"]["rps"]
+            print(f"  {backend}: prefilled / empty = {ratio:.1%}", flush=True)
 
     if want("sweep"):
         print("concurrency sweep (chart in docs/perf/)", flush=True)

@@ -58,6 +58,20 @@ pub struct Cli {
     #[arg(long, default_value_t = 0)]
     pub prefill: u64,
 
+    /// Measured runs of each scenario at each concurrency. Runs that can share a batch do:
+    /// it is created and prefilled once and each repeat adds to it, so a --prefill of a
+    /// million coupons is paid once (flash-sale sells its batch out, so each of its repeats
+    /// prepares its own).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
+
+    /// With --prefill: before each run on the prefilled batch, the same run on a fresh
+    /// empty batch of the same server, so that "empty" and "prefilled" are measured side
+    /// by side under the same conditions (the shared machine drifts by more than the
+    /// difference being measured).
+    #[arg(long)]
+    pub with_empty: bool,
+
     /// Requests in flight during unmeasured setup: --prefill and the coupon pools of the
     /// redeem, replay, list and mixed scenarios.
     #[arg(long, default_value_t = 64, value_parser = parse_concurrency)]

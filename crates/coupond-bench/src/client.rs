@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,7 +86,12 @@ pub struct Client {
     bases: Arc<[String]>,
     next: Arc<AtomicUsize>,
     auth: Option<HeaderValue>,
+    /// Setup requests retried after a 503, over the client's life.
+    setup_retries: Arc<AtomicU64>,
 }
+
+/// How many 503s in a row one setup request may see before the setup fails.
+const SETUP_UNAVAILABLE_RETRIES: u32 = 10;
 
 impl Client {
     pub fn new(
@@ -133,7 +138,14 @@ impl Client {
                 .collect(),
             next: Arc::new(AtomicUsize::new(0)),
             auth,
+            setup_retries: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Setup requests retried after a 503 so far; the difference around a run is that
+    /// run's.
+    pub fn setup_retries(&self) -> u64 {
+        self.setup_retries.load(Ordering::Relaxed)
     }
 
     /// The servers this client sends to, in round-robin order.
@@ -205,6 +217,7 @@ impl Client {
         body: &[u8],
         want: StatusCode,
     ) -> Result<Answer> {
+        let mut unavailable = 0;
         for _ in 0..20 {
             let ans = self
                 .send(Method::POST, path, Some(key), Some(body))
@@ -214,6 +227,19 @@ impl Client {
                 && ans.error_code().as_deref() == Some("REQUEST_IN_PROGRESS")
             {
                 let wait = ans.retry_after.unwrap_or(Duration::from_millis(100));
+                tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
+                continue;
+            }
+            // 503 says nothing was stored and the request may be retried: what a client
+            // does with an idempotency key. Setup is unmeasured, so it retries (a few
+            // times) instead of throwing away a prefill of a million coupons over one
+            // moment of load shedding; measured requests never retry.
+            if ans.status == StatusCode::SERVICE_UNAVAILABLE.as_u16()
+                && unavailable < SETUP_UNAVAILABLE_RETRIES
+            {
+                unavailable += 1;
+                self.setup_retries.fetch_add(1, Ordering::Relaxed);
+                let wait = ans.retry_after.unwrap_or(Duration::from_millis(250));
                 tokio::time::sleep(wait.min(Duration::from_secs(2))).await;
                 continue;
             }
@@ -285,6 +311,21 @@ mod tests {
 
     /// A one-shot HTTP server on loopback: returns what the client sent.
     async fn one_exchange(response: &'static str) -> (String, tokio::task::JoinHandle<String>) {
+        let (base, task) = exchanges(vec![response]).await;
+        let task = tokio::spawn(async move {
+            task.await
+                .ok()
+                .and_then(|mut all| all.pop())
+                .unwrap_or_default()
+        });
+        (base, task)
+    }
+
+    /// An HTTP server on loopback that answers one connection per response, in order
+    /// (each response closes its connection); returns the requests it read.
+    async fn exchanges(
+        responses: Vec<&'static str>,
+    ) -> (String, tokio::task::JoinHandle<Vec<String>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
             Ok(l) => l,
@@ -295,37 +336,88 @@ mod tests {
             Err(e) => panic!("addr: {e}"),
         };
         let task = tokio::spawn(async move {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return String::new();
-            };
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = sock.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
+            let mut requests = Vec::new();
+            for response in responses {
+                let Ok((mut sock, _)) = listener.accept().await else {
                     break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let len = text
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length:")
-                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                        })
-                        .unwrap_or(0);
-                    if buf.len() >= end + 4 + len {
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
                         break;
                     }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
                 }
+                let _ = sock.write_all(response.as_bytes()).await;
+                let _ = sock.shutdown().await;
+                requests.push(String::from_utf8_lossy(&buf).to_string());
             }
-            let _ = sock.write_all(response.as_bytes()).await;
-            let _ = sock.shutdown().await;
-            String::from_utf8_lossy(&buf).to_string()
+            requests
         });
         (format!("http://{addr}"), task)
+    }
+
+    const UNAVAILABLE: &str =
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 0\r\ncontent-length: 46\r\nconnection: close\r\n\r\n\
+         {\"error\":{\"code\":\"UNAVAILABLE\",\"message\":\"x\"}}";
+
+    #[tokio::test]
+    async fn setup_retries_a_503_with_the_same_key() {
+        let (base, server) = exchanges(vec![
+            UNAVAILABLE,
+            "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n\
+             content-length: 8\r\nconnection: close\r\n\r\n{\"id\":7}",
+        ])
+        .await;
+        let client = match Client::new(&base, None, 1, Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let r = client
+            .post_expect("/v1/coupon-batches/", "k-1", b"{}", StatusCode::CREATED)
+            .await;
+        assert!(r.is_ok(), "{:?}", r.err());
+        assert_eq!(client.setup_retries(), 1);
+        let requests = server.await.unwrap_or_default();
+        assert_eq!(requests.len(), 2);
+        for r in requests {
+            assert!(
+                r.to_ascii_lowercase().contains("idempotency-key: k-1\r\n"),
+                "{r}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn setup_gives_up_after_repeated_503s() {
+        let answers = vec![UNAVAILABLE; SETUP_UNAVAILABLE_RETRIES as usize + 1];
+        let (base, _server) = exchanges(answers).await;
+        let client = match Client::new(&base, None, 1, Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let r = client
+            .post_expect("/v1/coupon-batches/", "k", b"{}", StatusCode::CREATED)
+            .await;
+        assert!(r.as_ref().is_err_and(is_server_fault), "{:?}", r.err());
+        assert_eq!(client.setup_retries(), u64::from(SETUP_UNAVAILABLE_RETRIES));
     }
 
     #[tokio::test]

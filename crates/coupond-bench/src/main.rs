@@ -107,6 +107,7 @@ async fn run(cli: &Cli) -> u8 {
             requests: bounds.requests,
             duration_s: bounds.duration.map(|d| d.as_secs_f64()),
             prefill: cli.prefill,
+            repeat: cli.repeat,
             setup_concurrency: cli.setup_concurrency,
             flash_limit: cli.flash_limit,
             mix: cli.mix,
@@ -226,90 +227,126 @@ async fn run(cli: &Cli) -> u8 {
 
         'runs: for &scenario in &scenarios {
             for &concurrency in &cli.concurrency {
-                run_index += 1;
-                let label = format!("[{target_name} {} c={concurrency}]", scenario.name());
-                if let Some(s) = server.as_mut() {
-                    if let Some(exit) = s.exited() {
-                        report.failures.push(Failure {
-                            target: target_name.clone(),
-                            scenario: Some(scenario),
-                            concurrency: Some(concurrency),
-                            error: format!(
-                                "coupond is no longer running ({exit}); last lines of {}:\n{}",
-                                s.log_path.display(),
-                                spawn::log_tail(&s.log_path)
-                            ),
-                            server_fault: true,
-                        });
-                        break 'runs;
-                    }
-                    s.reset_rss_peak();
-                }
-                let cfg = RunConfig {
-                    scenario,
-                    concurrency,
-                    bounds,
-                    prefill: cli.prefill,
-                    setup_concurrency: cli.setup_concurrency,
-                    flash_limit: cli.flash_limit,
-                    mix: cli.mix,
-                    tag: format!("{run_tag}r{run_index}"),
-                    label: label.clone(),
-                    quiet: cli.quiet,
-                };
-                let outcome = scenarios::run(&client, &cfg).await;
-                let rss = server.as_ref().and_then(Server::rss_peak_kib);
-                let crashed = server.as_mut().and_then(Server::exited);
-                match outcome {
-                    Ok(o) => {
-                        let ok = invariants::all_ok(&o.checks);
-                        let record = RunRecord {
-                            target: target_name.clone(),
-                            base_url: base_url.clone(),
+                // One batch (and one prefill) serves every repeat that can share it.
+                let mut prepared: Option<scenarios::Prepared> = None;
+                for repeat in 1..=cli.repeat {
+                    // With --with-empty, a run on a fresh empty batch first, on the same
+                    // server at the same moment, so the two differ only in the data.
+                    for empty in runs_per_repeat(cli) {
+                        run_index += 1;
+                        let mut label = if cli.repeat > 1 {
+                            format!(
+                                "[{target_name} {} c={concurrency} {repeat}/{}",
+                                scenario.name(),
+                                cli.repeat
+                            )
+                        } else {
+                            format!("[{target_name} {} c={concurrency}", scenario.name())
+                        };
+                        label.push_str(if empty { " empty]" } else { "]" });
+                        if let Some(s) = server.as_mut() {
+                            if let Some(exit) = s.exited() {
+                                report.failures.push(Failure {
+                                    target: target_name.clone(),
+                                    scenario: Some(scenario),
+                                    concurrency: Some(concurrency),
+                                    error: format!(
+                                        "coupond is no longer running ({exit}); last lines of {}:\n{}",
+                                        s.log_path.display(),
+                                        spawn::log_tail(&s.log_path)
+                                    ),
+                                    server_fault: true,
+                                });
+                                break 'runs;
+                            }
+                            s.reset_rss_peak();
+                        }
+                        let cfg = RunConfig {
                             scenario,
                             concurrency,
-                            ok,
-                            summary: o.summary,
-                            checks: o.checks,
-                            server_rss_peak_kib: rss,
-                            prefill: o.prefill,
-                            batches: o.batches,
-                            notes: o.notes,
+                            bounds,
+                            prefill: if empty { 0 } else { cli.prefill },
+                            setup_concurrency: cli.setup_concurrency,
+                            flash_limit: cli.flash_limit,
+                            mix: cli.mix,
+                            tag: format!("{run_tag}r{run_index}"),
+                            label: label.clone(),
+                            quiet: cli.quiet,
                         };
-                        status(
-                            cli,
-                            format!(
-                                "{label} {} requests, {:.0} req/s, p99 {:.2} ms, {}",
-                                record.summary.requests,
-                                record.summary.throughput_rps,
-                                record.summary.latency_ms.p99,
-                                if ok { "checks ok" } else { "CHECKS FAILED" }
-                            ),
-                        );
-                        report.runs.push(record);
-                    }
-                    Err(e) => {
-                        let server_fault = is_server_fault(&e) || crashed.is_some();
-                        let mut error = format!("{e:#}");
-                        if let (Some(exit), Some(s)) = (&crashed, server.as_ref()) {
-                            error.push_str(&format!(
-                                "\ncoupond exited during the run ({exit}); last lines of {}:\n{}",
-                                s.log_path.display(),
-                                spawn::log_tail(&s.log_path)
-                            ));
+                        if !scenarios::batch_is_reusable(scenario) {
+                            prepared = None;
                         }
-                        status(cli, format!("{label} failed: {error}"));
-                        report.failures.push(Failure {
-                            target: target_name.clone(),
-                            scenario: Some(scenario),
-                            concurrency: Some(concurrency),
-                            error,
-                            server_fault,
-                        });
+                        let reuse = if empty { None } else { prepared.take() };
+                        let outcome = match reuse {
+                            Some(p) => Ok(p),
+                            None => scenarios::prepare(&client, &cfg).await,
+                        };
+                        let outcome = match outcome {
+                            Ok(mut p) => {
+                                let o = scenarios::run_on(&client, &cfg, &mut p).await;
+                                if !empty {
+                                    prepared = Some(p);
+                                }
+                                o
+                            }
+                            Err(e) => Err(e),
+                        };
+                        let rss = server.as_ref().and_then(Server::rss_peak_kib);
+                        let crashed = server.as_mut().and_then(Server::exited);
+                        match outcome {
+                            Ok(o) => {
+                                let ok = invariants::all_ok(&o.checks);
+                                let record = RunRecord {
+                                    target: target_name.clone(),
+                                    base_url: base_url.clone(),
+                                    scenario,
+                                    concurrency,
+                                    repeat,
+                                    empty_control: empty,
+                                    ok,
+                                    summary: o.summary,
+                                    checks: o.checks,
+                                    server_rss_peak_kib: rss,
+                                    prefill: o.prefill,
+                                    batches: o.batches,
+                                    notes: o.notes,
+                                };
+                                status(
+                                    cli,
+                                    format!(
+                                        "{label} {} requests, {:.0} req/s, p99 {:.2} ms, {}",
+                                        record.summary.requests,
+                                        record.summary.throughput_rps,
+                                        record.summary.latency_ms.p99,
+                                        if ok { "checks ok" } else { "CHECKS FAILED" }
+                                    ),
+                                );
+                                report.runs.push(record);
+                            }
+                            Err(e) => {
+                                let server_fault = is_server_fault(&e) || crashed.is_some();
+                                let mut error = format!("{e:#}");
+                                if let (Some(exit), Some(s)) = (&crashed, server.as_ref()) {
+                                    error.push_str(&format!(
+                                    "\ncoupond exited during the run ({exit}); last lines of {}:\n{}",
+                                    s.log_path.display(),
+                                    spawn::log_tail(&s.log_path)
+                                ));
+                                }
+                                status(cli, format!("{label} failed: {error}"));
+                                report.failures.push(Failure {
+                                    target: target_name.clone(),
+                                    scenario: Some(scenario),
+                                    concurrency: Some(concurrency),
+                                    error,
+                                    server_fault,
+                                });
+                            }
+                        }
+                        if crashed.is_some() {
+                            break 'runs;
+                        }
                     }
-                }
-                if crashed.is_some() {
-                    break 'runs;
                 }
             }
         }
@@ -352,6 +389,16 @@ async fn run(cli: &Cli) -> u8 {
         }
     }
     finish(cli, report)
+}
+
+/// Per repeat: `true` for the empty-batch control run of --with-empty, then `false` for
+/// the run on the (prefilled) batch.
+fn runs_per_repeat(cli: &Cli) -> Vec<bool> {
+    if cli.with_empty && cli.prefill > 0 {
+        vec![true, false]
+    } else {
+        vec![false]
+    }
 }
 
 fn spawn_config(cli: &Cli) -> Result<SpawnConfig> {

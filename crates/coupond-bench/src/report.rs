@@ -22,6 +22,8 @@ pub struct Settings {
     pub requests: Option<u64>,
     pub duration_s: Option<f64>,
     pub prefill: u64,
+    /// Measured runs per scenario and concurrency.
+    pub repeat: u32,
     pub setup_concurrency: usize,
     pub flash_limit: Option<u64>,
     pub mix: Mix,
@@ -87,6 +89,11 @@ pub struct RunRecord {
     pub base_url: String,
     pub scenario: Scenario,
     pub concurrency: usize,
+    /// Which of `--repeat` measured runs of this scenario and concurrency (from 1).
+    pub repeat: u32,
+    /// A `--with-empty` control: the same run on a fresh empty batch.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub empty_control: bool,
     pub summary: Summary,
     pub ok: bool,
     pub checks: Vec<Check>,
@@ -100,13 +107,32 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    pub fn name(&self) -> String {
-        format!(
+    /// `numbered`: the invocation repeated runs, so say which one this is.
+    pub fn name(&self, numbered: bool) -> String {
+        let mut name = format!(
             "{} {} c={}",
             self.target,
             self.scenario.name(),
             self.concurrency
-        )
+        );
+        if self.empty_control {
+            name.push_str(" empty batch");
+        }
+        if numbered {
+            let _ = write!(name, " run {}", self.repeat);
+        }
+        name
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count); 0 for none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
@@ -187,7 +213,8 @@ impl Report {
         format!("coupond-bench: {}", names.join(", "))
     }
 
-    /// One line per (target, scenario), points in concurrency order.
+    /// One line per (target, scenario), points in concurrency order; repeated runs at one
+    /// concurrency make one point, their median throughput and median p99.
     pub fn series(&self) -> Vec<Series> {
         let many_scenarios = {
             let mut s: Vec<Scenario> = self.runs.iter().map(|r| r.scenario).collect();
@@ -216,8 +243,84 @@ impl Report {
         }
         for s in &mut out {
             s.points.sort_by_key(|p| p.concurrency);
+            let mut merged: Vec<Point> = Vec::new();
+            for group in s.points.chunk_by(|a, b| a.concurrency == b.concurrency) {
+                merged.push(Point {
+                    concurrency: group[0].concurrency,
+                    throughput_rps: median(group.iter().map(|p| p.throughput_rps).collect()),
+                    p99_ms: median(group.iter().map(|p| p.p99_ms).collect()),
+                });
+            }
+            s.points = merged;
         }
         out
+    }
+
+    /// With `--repeat`: per target, scenario and concurrency, the median run's figures and
+    /// every run's throughput.
+    fn medians_table(&self) -> String {
+        type Group<'a> = (&'a str, Scenario, usize, bool, Vec<&'a RunRecord>);
+        let mut groups: Vec<Group<'_>> = Vec::new();
+        for r in &self.runs {
+            match groups.iter_mut().find(|g| {
+                g.0 == r.target
+                    && g.1 == r.scenario
+                    && g.2 == r.concurrency
+                    && g.3 == r.empty_control
+            }) {
+                Some(g) => g.4.push(r),
+                None => groups.push((
+                    &r.target,
+                    r.scenario,
+                    r.concurrency,
+                    r.empty_control,
+                    vec![r],
+                )),
+            }
+        }
+        let rows: Vec<Vec<String>> = groups
+            .iter()
+            .map(|(target, scenario, conc, empty, runs)| {
+                let rps: Vec<String> = runs
+                    .iter()
+                    .map(|r| format!("{:.0}", r.summary.throughput_rps))
+                    .collect();
+                let batch = if *empty {
+                    "empty".to_string()
+                } else {
+                    format!("{} prefilled", self.settings.prefill)
+                };
+                vec![
+                    (*target).to_string(),
+                    scenario.name().to_string(),
+                    conc.to_string(),
+                    batch,
+                    runs.len().to_string(),
+                    format!(
+                        "{:.0}",
+                        median(runs.iter().map(|r| r.summary.throughput_rps).collect())
+                    ),
+                    fmt_ms(median(
+                        runs.iter().map(|r| r.summary.latency_ms.p99).collect(),
+                    )),
+                    rps.join(", "),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "backend",
+                "scenario",
+                "conc",
+                "batch",
+                "runs",
+                "median req/s",
+                "median p99 ms",
+                "req/s of each run",
+            ],
+            &[2, 4, 5, 6],
+            &rows,
+        )
     }
 
     /// The human report: the table, answers, failed checks, notes and errors. With `heading`
@@ -255,7 +358,8 @@ impl Report {
             out.push('\n');
         }
 
-        let header = [
+        let numbered = self.settings.repeat > 1 || self.runs.iter().any(|r| r.empty_control);
+        let mut header = vec![
             "backend",
             "scenario",
             "conc",
@@ -269,7 +373,7 @@ impl Report {
             "server RSS",
             "checks",
         ];
-        let rows: Vec<Vec<String>> = self
+        let mut rows: Vec<Vec<String>> = self
             .runs
             .iter()
             .map(|r| {
@@ -295,10 +399,27 @@ impl Report {
                 ]
             })
             .collect();
+        let mut right: Vec<usize> = (2..=10).collect();
+        if numbered {
+            header.insert(3, "run");
+            for (row, r) in rows.iter_mut().zip(&self.runs) {
+                let run = if r.empty_control {
+                    format!("{} (empty batch)", r.repeat)
+                } else {
+                    r.repeat.to_string()
+                };
+                row.insert(3, run);
+            }
+            right.push(11);
+        }
         if rows.is_empty() {
             out.push_str("No run completed.\n");
         } else {
-            out.push_str(&table(&header, &[2, 3, 4, 5, 6, 7, 8, 9, 10], &rows));
+            out.push_str(&table(&header, &right, &rows));
+            if numbered {
+                out.push_str("\nMedians over the repeated runs:\n");
+                out.push_str(&self.medians_table());
+            }
         }
 
         if !self.runs.is_empty() {
@@ -314,7 +435,7 @@ impl Report {
                             .then(|| format!("no answer ×{}", r.summary.transport_errors)),
                     )
                     .collect();
-                let _ = writeln!(out, "- {}: {}", r.name(), parts.join(", "));
+                let _ = writeln!(out, "- {}: {}", r.name(numbered), parts.join(", "));
             }
         }
 
@@ -340,14 +461,18 @@ impl Report {
         } else {
             out.push_str("\nFailed invariants:\n");
             for (r, c) in failed {
-                let _ = writeln!(out, "- {} {}: {}", r.name(), c.name, c.detail);
+                let _ = writeln!(out, "- {} {}: {}", r.name(numbered), c.name, c.detail);
             }
         }
 
         let notes: Vec<String> = self
             .runs
             .iter()
-            .flat_map(|r| r.notes.iter().map(move |n| format!("{}: {n}", r.name())))
+            .flat_map(|r| {
+                r.notes
+                    .iter()
+                    .map(move |n| format!("{}: {n}", r.name(numbered)))
+            })
             .collect();
         if !notes.is_empty() {
             out.push_str("\nNotes:\n");
@@ -894,6 +1019,8 @@ mod tests {
             base_url: "http://127.0.0.1:1".into(),
             scenario,
             concurrency: conc,
+            repeat: 1,
+            empty_control: false,
             summary: st.summary(Duration::from_secs(1)),
             ok,
             checks: vec![Check {
@@ -924,6 +1051,7 @@ mod tests {
                 requests: Some(10),
                 duration_s: None,
                 prefill: 0,
+                repeat: 1,
                 setup_concurrency: 64,
                 flash_limit: None,
                 mix: Mix {
@@ -954,6 +1082,37 @@ mod tests {
             error: "could not start".into(),
             server_fault,
         }
+    }
+
+    #[test]
+    fn repeated_runs_make_one_point_and_a_medians_table() {
+        let mut runs = Vec::new();
+        for (k, ms) in [(1, 1), (2, 4), (3, 2)] {
+            let mut r = record("postgres", Scenario::Issue, 64, true);
+            r.repeat = k;
+            r.summary.throughput_rps = 1000.0 * f64::from(k);
+            r.summary.latency_ms.p99 = f64::from(ms);
+            runs.push(r);
+        }
+        let mut rep = report(runs, vec![]);
+        rep.settings.repeat = 3;
+        let series = rep.series();
+        assert_eq!(series.len(), 1);
+        assert_eq!(
+            series[0].points,
+            vec![Point {
+                concurrency: 64,
+                throughput_rps: 2000.0,
+                p99_ms: 2.0
+            }]
+        );
+        let md = rep.markdown(false);
+        assert!(md.contains("| run |"), "{md}");
+        assert!(md.contains("postgres issue c=64 run 2: 200 ×1"), "{md}");
+        assert!(md.contains("Medians over the repeated runs"), "{md}");
+        assert!(md.contains("| 1000, 2000, 3000 "), "{md}");
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(median(vec![3.0, 1.0]), 2.0);
     }
 
     #[test]

@@ -147,13 +147,28 @@ struct BatchBody {
     id: i64,
 }
 
-pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
+/// A batch set up for measured runs: created, and prefilled when asked.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// `external_prefill` counts every coupon put in before the next run: the prefill and
+    /// what earlier runs on this batch issued.
+    pub batch: BatchLimits,
+    pub prefill: Option<PrefillReport>,
+    notes: Vec<String>,
+}
+
+/// Whether later repeats may measure on the batch of the first. A flash sale's batch is
+/// sold out after its run, so every repeat of it gets (and prefills) a batch of its own.
+pub fn batch_is_reusable(scenario: Scenario) -> bool {
+    scenario != Scenario::FlashSale
+}
+
+/// Creates the run's batch and fills it with `--prefill` coupons (unmeasured).
+pub async fn prepare(client: &Client, cfg: &RunConfig) -> Result<Prepared> {
+    let retries_before = client.setup_retries();
     let setup_conc = cfg.setup_concurrency.max(1);
     let requests = cfg.bounds.requests;
-    let planned = requests.unwrap_or(DEFAULT_REQUESTS);
-    let mut obs = Observations::default();
     let mut notes = Vec::new();
-
     let (total_limit, per_user_limit) = match cfg.scenario {
         Scenario::FlashSale => {
             let limit = cfg
@@ -185,6 +200,51 @@ pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
             rate_per_s: rate,
             concurrency: setup_conc,
         });
+    }
+    note_setup_retries(client, retries_before, "preparing the batch", &mut notes);
+    Ok(Prepared {
+        batch,
+        prefill: prefill_report,
+        notes,
+    })
+}
+
+/// Adds a note when setup requests since `before` had to be retried after a 503.
+fn note_setup_retries(client: &Client, before: u64, what: &str, notes: &mut Vec<String>) {
+    let retried = client.setup_retries() - before;
+    if retried > 0 {
+        notes.push(format!(
+            "{what}: {retried} unmeasured request(s) answered 503 (load shed) and were retried with their key"
+        ));
+    }
+}
+
+/// One run on a batch of its own: `prepare`, then `run_on`.
+pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
+    let mut prepared = prepare(client, cfg).await?;
+    run_on(client, cfg, &mut prepared).await
+}
+
+/// One measured run on a prepared batch: the scenario's own setup (pools, list users), the
+/// measured phase, and the invariant checks. Afterwards the batch counts what this run
+/// issued into it, so a next run on it checks the limits against everything it holds.
+pub async fn run_on(
+    client: &Client,
+    cfg: &RunConfig,
+    prepared: &mut Prepared,
+) -> Result<RunOutcome> {
+    let setup_conc = cfg.setup_concurrency.max(1);
+    let requests = cfg.bounds.requests;
+    let planned = requests.unwrap_or(DEFAULT_REQUESTS);
+    let mut obs = Observations::default();
+    let retries_before = client.setup_retries();
+    let mut notes = std::mem::take(&mut prepared.notes);
+    let batch = prepared.batch.clone();
+    if batch.external_prefill > prepared.prefill.as_ref().map_or(0, |p| p.coupons) {
+        notes.push(format!(
+            "the batch held {} coupons when this run started (prefill and earlier runs)",
+            batch.external_prefill
+        ));
     }
 
     let mut work = Workload {
@@ -286,6 +346,7 @@ pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
         }
     }
 
+    note_setup_retries(client, retries_before, "the run's setup", &mut notes);
     let work = Arc::new(work);
     let (stats, measured_obs, elapsed) = measure(client, work.clone(), cfg, limit).await?;
     obs.merge(measured_obs);
@@ -307,12 +368,21 @@ pub async fn run(client: &Client, cfg: &RunConfig) -> Result<RunOutcome> {
             summary.requests
         ));
     }
+    let mut issued: Vec<&str> = obs
+        .issued
+        .iter()
+        .filter(|i| i.batch_id == prepared.batch.id)
+        .map(|i| i.code.as_str())
+        .collect();
+    issued.sort_unstable();
+    issued.dedup();
+    prepared.batch.external_prefill += issued.len() as u64;
     Ok(RunOutcome {
         summary,
         checks,
         batches,
         notes,
-        prefill: prefill_report,
+        prefill: prepared.prefill.clone(),
     })
 }
 
