@@ -259,6 +259,7 @@ impl Report {
     /// With `--repeat`: per target, scenario and concurrency, the median run's figures and
     /// every run's throughput.
     fn medians_table(&self) -> String {
+        let with_controls = self.runs.iter().any(|r| r.empty_control);
         type Group<'a> = (&'a str, Scenario, usize, bool, Vec<&'a RunRecord>);
         let mut groups: Vec<Group<'_>> = Vec::new();
         for r in &self.runs {
@@ -285,16 +286,10 @@ impl Report {
                     .iter()
                     .map(|r| format!("{:.0}", r.summary.throughput_rps))
                     .collect();
-                let batch = if *empty {
-                    "empty".to_string()
-                } else {
-                    format!("{} prefilled", self.settings.prefill)
-                };
-                vec![
+                let mut row = vec![
                     (*target).to_string(),
                     scenario.name().to_string(),
                     conc.to_string(),
-                    batch,
                     runs.len().to_string(),
                     format!(
                         "{:.0}",
@@ -304,23 +299,34 @@ impl Report {
                         runs.iter().map(|r| r.summary.latency_ms.p99).collect(),
                     )),
                     rps.join(", "),
-                ]
+                ];
+                if with_controls {
+                    let batch = if *empty {
+                        "empty".to_string()
+                    } else {
+                        format!("{} prefilled", self.settings.prefill)
+                    };
+                    row.insert(3, batch);
+                }
+                row
             })
             .collect();
-        table(
-            &[
-                "backend",
-                "scenario",
-                "conc",
-                "batch",
-                "runs",
-                "median req/s",
-                "median p99 ms",
-                "req/s of each run",
-            ],
-            &[2, 4, 5, 6],
-            &rows,
-        )
+        let mut header = vec![
+            "backend",
+            "scenario",
+            "conc",
+            "runs",
+            "median req/s",
+            "median p99 ms",
+            "req/s of each run",
+        ];
+        let mut right = vec![2, 3, 4, 5];
+        if with_controls {
+            // The empty-batch controls of --with-empty get rows of their own.
+            header.insert(3, "batch");
+            right = vec![2, 4, 5, 6];
+        }
+        table(&header, &right, &rows)
     }
 
     /// The human report: the table, answers, failed checks, notes and errors. With `heading`
@@ -1111,6 +1117,18 @@ mod tests {
         assert!(md.contains("postgres issue c=64 run 2: 200 ×1"), "{md}");
         assert!(md.contains("Medians over the repeated runs"), "{md}");
         assert!(md.contains("| 1000, 2000, 3000 "), "{md}");
+        assert!(
+            !md.contains("| batch "),
+            "no control runs, no batch column: {md}"
+        );
+        rep.runs[0].empty_control = true;
+        let md = rep.markdown(false);
+        assert!(md.contains("| batch "), "{md}");
+        assert!(md.contains("| empty "), "{md}");
+        assert!(
+            md.contains("postgres issue c=64 empty batch run 1: 200 ×1"),
+            "{md}"
+        );
         assert_eq!(median(vec![]), 0.0);
         assert_eq!(median(vec![3.0, 1.0]), 2.0);
     }
