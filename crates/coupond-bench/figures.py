@@ -57,6 +57,12 @@ def median_of(name, args, repeat):
     all_runs = []
     for i in range(repeat):
         all_runs += [figures(r) for r in bench(f"{name}-{i + 1}", args)]
+    return summarize(all_runs)
+
+
+def summarize(all_runs):
+    """The median run by throughput, with every run's throughput, the median p99 and the
+    highest RSS."""
     by_rps = sorted(all_runs, key=lambda r: r["rps"])
     median = dict(by_rps[len(by_rps) // 2])
     median["all_rps"] = [round(r["rps"]) for r in all_runs]
@@ -109,12 +115,7 @@ def main():
             )
             for label, pick in [("empty", True), ("prefilled", False)]:
                 chosen = [figures(r) for r in runs if bool(r.get("empty_control")) == pick]
-                by_rps = sorted(chosen, key=lambda r: r["rps"])
-                median = dict(by_rps[len(by_rps) // 2])
-                median["all_rps"] = [round(r["rps"]) for r in chosen]
-                median["p99_median"] = statistics.median(r["p99"] for r in chosen)
-                median["rss_max_mib"] = max(r["rss_mib"] for r in chosen)
-                results[f"issue-{label}/{backend}"] = median
+                results[f"issue-{label}/{backend}"] = summarize(chosen)
             ratio = results[f"issue-prefilled/{backend}"]["rps"] / results[f"issue-empty/{backend}"]["rps"]
             print(f"  {backend}: prefilled / empty = {ratio:.1%}", flush=True)
 

@@ -309,6 +309,13 @@ mod tests {
         assert!(!is_server_fault(&anyhow::anyhow!("connection refused")));
     }
 
+    fn test_client(base: &str, key: Option<&str>) -> Client {
+        match Client::new(base, key, 1, Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// A one-shot HTTP server on loopback: returns what the client sent.
     async fn one_exchange(response: &'static str) -> (String, tokio::task::JoinHandle<String>) {
         let (base, task) = exchanges(vec![response]).await;
@@ -386,10 +393,7 @@ mod tests {
              content-length: 8\r\nconnection: close\r\n\r\n{\"id\":7}",
         ])
         .await;
-        let client = match Client::new(&base, None, 1, Duration::from_secs(5)) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
+        let client = test_client(&base, None);
         let r = client
             .post_expect("/v1/coupon-batches/", "k-1", b"{}", StatusCode::CREATED)
             .await;
@@ -409,10 +413,7 @@ mod tests {
     async fn setup_gives_up_after_repeated_503s() {
         let answers = vec![UNAVAILABLE; SETUP_UNAVAILABLE_RETRIES as usize + 1];
         let (base, _server) = exchanges(answers).await;
-        let client = match Client::new(&base, None, 1, Duration::from_secs(5)) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
+        let client = test_client(&base, None);
         let r = client
             .post_expect("/v1/coupon-batches/", "k", b"{}", StatusCode::CREATED)
             .await;
@@ -428,10 +429,7 @@ mod tests {
              retry-after: 2\r\ncontent-length: 32\r\nconnection: close\r\n\r\n{\"code\":\"ABC\",\"status\":\"issued\"}",
         )
         .await;
-        let client = match Client::new(&base, Some("k-123"), 1, Duration::from_secs(5)) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
+        let client = test_client(&base, Some("k-123"));
         let ans = client
             .send(
                 Method::POST,
@@ -475,10 +473,7 @@ mod tests {
              content-length: 43\r\nconnection: close\r\n\r\n{\"error\":{\"code\":\"INTERNAL\",\"message\":\"x\"}}",
         )
         .await;
-        let client = match Client::new(&base, None, 1, Duration::from_secs(5)) {
-            Ok(c) => c,
-            Err(e) => panic!("{e}"),
-        };
+        let client = test_client(&base, None);
         let r = client
             .post_expect("/v1/coupon-batches/", "k", b"{}", StatusCode::CREATED)
             .await;

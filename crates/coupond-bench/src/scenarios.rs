@@ -368,15 +368,7 @@ pub async fn run_on(
             summary.requests
         ));
     }
-    let mut issued: Vec<&str> = obs
-        .issued
-        .iter()
-        .filter(|i| i.batch_id == prepared.batch.id)
-        .map(|i| i.code.as_str())
-        .collect();
-    issued.sort_unstable();
-    issued.dedup();
-    prepared.batch.external_prefill += issued.len() as u64;
+    prepared.batch.external_prefill += distinct_codes(&obs, prepared.batch.id);
     Ok(RunOutcome {
         summary,
         checks,
@@ -386,6 +378,19 @@ pub async fn run_on(
     })
 }
 
+/// How many different codes the client saw issued from `batch_id`.
+fn distinct_codes(obs: &Observations, batch_id: i64) -> u64 {
+    let mut codes: Vec<&str> = obs
+        .issued
+        .iter()
+        .filter(|i| i.batch_id == batch_id)
+        .map(|i| i.code.as_str())
+        .collect();
+    codes.sort_unstable();
+    codes.dedup();
+    codes.len() as u64
+}
+
 /// A refusal for BATCH_LIMIT_REACHED is only honest once the batch really is full.
 fn sold_out_check(batch: &BatchLimits, obs: &Observations, summary: &Summary) -> Check {
     let refused = summary
@@ -393,15 +398,7 @@ fn sold_out_check(batch: &BatchLimits, obs: &Observations, summary: &Summary) ->
         .get("409 BATCH_LIMIT_REACHED")
         .copied()
         .unwrap_or(0);
-    let mut codes: Vec<&str> = obs
-        .issued
-        .iter()
-        .filter(|i| i.batch_id == batch.id)
-        .map(|i| i.code.as_str())
-        .collect();
-    codes.sort_unstable();
-    codes.dedup();
-    let held = codes.len() as u64 + batch.external_prefill;
+    let held = distinct_codes(obs, batch.id) + batch.external_prefill;
     let ok = refused == 0 || held >= batch.total_limit;
     Check {
         name: "sold-out-when-refused",
