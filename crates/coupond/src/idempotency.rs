@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use time::OffsetDateTime;
 
 use crate::storage::{
-    Command, IdempotencyClaim, IdempotencyRecord, Render, Store, StoreError, WriteOutcome,
+    Command, IdempotencyClaim, IdempotencyRecord, Render, Replay, Store, StoreError, WriteOutcome,
     WriteRequest,
 };
 
@@ -199,9 +199,9 @@ impl RecordCache {
         outcome
     }
 
-    fn remember(&self, scope: String, key: String, record: IdempotencyRecord) {
+    fn remember(&self, scope: String, key: String, record: Arc<IdempotencyRecord>) {
         if let Some(entries) = &self.entries {
-            entries.insert((scope, key), Arc::new(record));
+            entries.insert((scope, key), record);
         }
     }
 }
@@ -236,16 +236,19 @@ pub async fn run_once(
     policy: Policy,
     write: Write,
 ) -> Result<WriteOutcome, StoreError> {
-    if let Some(outcome) = cache.answer(
-        &write.scope,
-        &write.key,
-        &write.fingerprint,
-        crate::domain::now(),
-    ) {
-        return Ok(outcome);
-    }
     let deadline = tokio::time::Instant::now() + policy.wait;
     loop {
+        // Looked at again after each wait: an original that committed left its answer
+        // here before it woke the duplicates.
+        if let Some(outcome) = cache.answer(
+            &write.scope,
+            &write.key,
+            &write.fingerprint,
+            crate::domain::now(),
+        ) {
+            count_replay(&outcome, "memory");
+            return Ok(outcome);
+        }
         match in_flight.enter(&write.scope, &write.key) {
             Slot::Wait(mut original) => {
                 metrics::counter!(crate::metrics::IN_FLIGHT_WAITS).increment(1);
@@ -280,17 +283,27 @@ pub async fn run_once(
                     let (fingerprint, expires_at) =
                         (request.claim.fingerprint.clone(), request.claim.expires_at);
                     let outcome = store.execute(request).await;
-                    if let Ok(WriteOutcome::Executed(response)) = &outcome {
-                        cache.remember(
+                    match &outcome {
+                        Ok(WriteOutcome::Executed(response)) => cache.remember(
                             scope,
                             key,
-                            IdempotencyRecord {
+                            Arc::new(IdempotencyRecord {
                                 fingerprint,
                                 response: response.clone(),
                                 created_at: now,
                                 expires_at,
-                            },
-                        );
+                            }),
+                        ),
+                        // Read from the database (another process wrote it, or this one
+                        // has forgotten it): a client that retries once often retries
+                        // again, and the next one is answered from memory.
+                        Ok(WriteOutcome::Replayed(Replay::Record(record))) => {
+                            cache.remember(scope, key, record.clone());
+                        }
+                        _ => {}
+                    }
+                    if let Ok(replay) = &outcome {
+                        count_replay(replay, "database");
                     }
                     drop(guard);
                     outcome
@@ -298,6 +311,14 @@ pub async fn run_once(
                 return task.await.unwrap_or(Err(StoreError::WriterGone));
             }
         }
+    }
+}
+
+/// Counts a replay by where its answer came from, which is what sizing
+/// `COUPOND_IDEMPOTENCY_CACHE_MIB` needs.
+fn count_replay(outcome: &WriteOutcome, source: &'static str) {
+    if matches!(outcome, WriteOutcome::Replayed(_)) {
+        metrics::counter!(crate::metrics::REPLAYS, "source" => source).increment(1);
     }
 }
 

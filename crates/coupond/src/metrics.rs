@@ -74,7 +74,10 @@ fn describe() {
         REJECTIONS,
         "Business refusals, by error code (first executions, not replays)"
     );
-    describe_counter!(REPLAYS, "Answers replayed from a stored idempotency record");
+    describe_counter!(
+        REPLAYS,
+        "Answers replayed from a stored idempotency record, by source: memory (this process's answer cache) or database"
+    );
     describe_counter!(
         MISMATCHES,
         "Idempotency keys reused with a different request (409)"

@@ -271,8 +271,11 @@ async fn metrics_count_a_known_sequence_exactly(backend: Backend) {
         1.0
     );
     assert_eq!(
-        delta(&before, &after, "coupond_idempotency_replays_total"),
-        2.0
+        deltas(&before, &after, "coupond_idempotency_replays_total"),
+        [(labels(&[("source", "memory")]), 2.0)]
+            .into_iter()
+            .collect(),
+        "both replays answered from this process's memory"
     );
     assert_eq!(
         delta(&before, &after, "coupond_idempotency_mismatches_total"),
@@ -348,6 +351,69 @@ mod metrics_count_a_known_sequence_exactly {
     #[tokio::test]
     async fn postgres() {
         super::metrics_count_a_known_sequence_exactly(super::Backend::Postgres).await;
+    }
+}
+
+/// A key retried at a process that did not run it (another server behind the load
+/// balancer, or this one after a restart) is read from the database once; its retries
+/// after that are answered from memory.
+async fn replays_read_from_the_database_are_remembered(backend: Backend) {
+    let _turn = RECORDER.lock().await;
+    let (app, metrics_addr) = TestApp::spawn_with_metrics(backend, |s| {
+        s.metrics_bind = Some("127.0.0.1:0".parse().expect("address"));
+    })
+    .await;
+    let other = app
+        .spawn_sibling(
+            |_| {},
+            std::sync::Arc::new(coupond::faults::Faults::default()),
+        )
+        .await;
+    let metrics = ApiClient {
+        http: app.client().http,
+        addr: metrics_addr,
+        base_url: format!("http://{metrics_addr}"),
+        api_key: app.client().api_key,
+    };
+    let batch = app.new_batch(&batch_with_limits(10, 1)).await;
+    let first = app.issue(batch, "u1", "src-1").await;
+    assert_eq!(first.status, 200, "{first:?}");
+
+    let (_, before) = scrape(&metrics).await;
+    for _ in 0..3 {
+        let again = other.issue(batch, "u1", "src-1").await;
+        assert!(again.replayed(), "{again:?}");
+        assert_eq!(again.body, first.body);
+    }
+    // A different body under the key is refused from memory too, and counts no replay.
+    other
+        .issue(batch, "u2", "src-1")
+        .await
+        .assert_error(409, "IDEMPOTENCY_KEY_BODY_MISMATCH");
+    let (_, after) = scrape(&metrics).await;
+    assert_eq!(
+        deltas(&before, &after, "coupond_idempotency_replays_total"),
+        [
+            (labels(&[("source", "database")]), 1.0),
+            (labels(&[("source", "memory")]), 2.0),
+        ]
+        .into_iter()
+        .collect(),
+        "the first retry at the other server reads the database, the rest do not"
+    );
+    other.stop().await;
+    app.stop().await;
+}
+
+mod replays_read_from_the_database_are_remembered {
+    #[tokio::test]
+    async fn sqlite() {
+        super::replays_read_from_the_database_are_remembered(super::Backend::Sqlite).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        super::replays_read_from_the_database_are_remembered(super::Backend::Postgres).await;
     }
 }
 

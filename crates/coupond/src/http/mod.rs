@@ -282,9 +282,8 @@ async fn write_once(
             }
             Ok(render::stored_response(stored, false))
         }
-        WriteOutcome::Replayed(stored) => {
-            metrics::counter!(crate::metrics::REPLAYS).increment(1);
-            Ok(render::stored_response(stored, true))
+        WriteOutcome::Replayed(replay) => {
+            Ok(render::stored_response(replay.response().clone(), true))
         }
         WriteOutcome::FingerprintMismatch => {
             metrics::counter!(crate::metrics::MISMATCHES).increment(1);

@@ -144,7 +144,7 @@ pub enum WriteOutcome {
     /// The command ran now; effect and response committed together.
     Executed(StoredResponse),
     /// An earlier request with this key committed; this is its response.
-    Replayed(StoredResponse),
+    Replayed(Replay),
     /// The key was used before with a different request.
     FingerprintMismatch,
     /// Another request with this key is still running and did not finish in time.
@@ -161,13 +161,33 @@ pub struct IdempotencyRecord {
 
 impl IdempotencyRecord {
     /// What a new request with this record's key gets, if the record still counts.
-    pub fn answer(&self, fingerprint: &str, now: OffsetDateTime) -> Option<WriteOutcome> {
+    pub fn answer(self: Arc<Self>, fingerprint: &str, now: OffsetDateTime) -> Option<WriteOutcome> {
         if self.expires_at <= now {
             None
         } else if self.fingerprint == fingerprint {
-            Some(WriteOutcome::Replayed(self.response.clone()))
+            Some(WriteOutcome::Replayed(Replay::Record(self)))
         } else {
             Some(WriteOutcome::FingerprintMismatch)
+        }
+    }
+}
+
+/// A stored response answered again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// From the whole record, which a process may keep in memory for the key's next
+    /// retry (it never changes while it is live).
+    Record(Arc<IdempotencyRecord>),
+    /// Only the response: PostgreSQL's path for a key committed by someone else during
+    /// the write reads no more than that.
+    Response(StoredResponse),
+}
+
+impl Replay {
+    pub fn response(&self) -> &StoredResponse {
+        match self {
+            Replay::Record(record) => &record.response,
+            Replay::Response(response) => response,
         }
     }
 }

@@ -21,8 +21,8 @@ use crate::domain::{
 };
 use crate::faults::FaultAction;
 use crate::storage::{
-    Command, Effect, IdempotencyClaim, IdempotencyRecord, Render, StoreError, StoredResponse,
-    WriteOutcome, WriteRequest,
+    Command, Effect, IdempotencyClaim, IdempotencyRecord, Render, Replay, StoreError,
+    StoredResponse, WriteOutcome, WriteRequest,
 };
 
 const UNIQUE_VIOLATION: &str = "23505";
@@ -144,10 +144,10 @@ impl Answer {
                     (Some(fingerprint), Some(status), Some(body))
                         if fingerprint == claim.fingerprint =>
                     {
-                        WriteOutcome::Replayed(StoredResponse {
+                        WriteOutcome::Replayed(Replay::Response(StoredResponse {
                             status: u16::try_from(status).unwrap_or(500),
                             body,
-                        })
+                        }))
                     }
                     (Some(_), Some(_), Some(_)) => WriteOutcome::FingerprintMismatch,
                     // Purged between the claim and the read: the client may simply retry.
@@ -186,7 +186,7 @@ impl RecordColumns {
             created_at: self.record_created_at?,
             expires_at: self.record_expires_at?,
         };
-        record.answer(&claim.fingerprint, now)
+        std::sync::Arc::new(record).answer(&claim.fingerprint, now)
     }
 }
 

@@ -204,7 +204,7 @@ impl PgStore {
         if !claimed {
             let outcome = stored_record(&mut tx, &claim.scope, &claim.key)
                 .await?
-                .and_then(|record| record.answer(&claim.fingerprint, now));
+                .and_then(|record| Arc::new(record).answer(&claim.fingerprint, now));
             // The row was there a moment ago and rows are only ever committed whole, so
             // "gone" can only mean a purge raced us: let the client retry.
             return Ok(outcome.unwrap_or(WriteOutcome::InProgress));

@@ -31,7 +31,7 @@ pub fn execute(conn: &Connection, request: WriteRequest) -> Result<WriteOutcome,
     // This look is the one that counts: nothing can commit between it and the insert
     // below.
     if let Some(outcome) = find_record(conn, &claim.scope, &claim.key)?
-        .and_then(|record| record.answer(&claim.fingerprint, now))
+        .and_then(|record| std::sync::Arc::new(record).answer(&claim.fingerprint, now))
     {
         return Ok(outcome);
     }
