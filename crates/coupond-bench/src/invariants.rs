@@ -97,6 +97,29 @@ impl Check {
     }
 }
 
+/// No code of this run was handed out by an earlier run on the same batch (`--repeat`):
+/// `check` sees one run's codes, and a server that reuses codes across time would pass it.
+/// The prefill's codes are not kept (a million of them), so they are not compared.
+pub fn codes_new_across_runs(earlier: &HashSet<String>, obs: &Observations) -> Check {
+    let mut again = Violations::default();
+    let mut fresh: HashSet<&str> = HashSet::new();
+    for i in &obs.issued {
+        if earlier.contains(&i.code) && fresh.insert(&i.code) {
+            again.push(|| {
+                format!(
+                    "code {} handed out to batch {} user {} was handed out by an earlier run",
+                    i.code, i.batch_id, i.user_id
+                )
+            });
+        }
+    }
+    Check::new(
+        "unique-codes-across-runs",
+        &again,
+        format!("no code of an earlier run ({} codes) again", earlier.len()),
+    )
+}
+
 pub fn all_ok(checks: &[Check]) -> bool {
     checks.iter().all(|c| c.ok)
 }
@@ -324,6 +347,19 @@ mod tests {
             &obs,
             &s
         )));
+    }
+
+    #[test]
+    fn a_code_of_an_earlier_run_is_flagged() {
+        let earlier: HashSet<String> = ["C1".to_owned(), "C2".to_owned()].into();
+        let mut obs = Observations::default();
+        obs.issued.push(issued(1, "a", "C3"));
+        let clean = codes_new_across_runs(&earlier, &obs);
+        assert!(clean.ok, "{clean:?}");
+        obs.issued.push(issued(1, "b", "C2"));
+        let again = codes_new_across_runs(&earlier, &obs);
+        assert!(!again.ok);
+        assert!(again.detail.contains("code C2"), "{again:?}");
     }
 
     #[test]

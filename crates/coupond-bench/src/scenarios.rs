@@ -1,4 +1,4 @@
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -155,6 +155,8 @@ pub struct Prepared {
     pub batch: BatchLimits,
     pub prefill: Option<PrefillReport>,
     notes: Vec<String>,
+    /// Codes the earlier runs on this batch were handed, for the cross-run check.
+    earlier_codes: HashSet<String>,
 }
 
 /// Whether later repeats may measure on the batch of the first. A flash sale's batch is
@@ -206,6 +208,7 @@ pub async fn prepare(client: &Client, cfg: &RunConfig) -> Result<Prepared> {
         batch,
         prefill: prefill_report,
         notes,
+        earlier_codes: HashSet::new(),
     })
 }
 
@@ -368,7 +371,16 @@ pub async fn run_on(
             summary.requests
         ));
     }
+    if !prepared.earlier_codes.is_empty() {
+        checks.push(invariants::codes_new_across_runs(
+            &prepared.earlier_codes,
+            &obs,
+        ));
+    }
     prepared.batch.external_prefill += distinct_codes(&obs, prepared.batch.id);
+    prepared
+        .earlier_codes
+        .extend(obs.issued.iter().map(|i| i.code.clone()));
     Ok(RunOutcome {
         summary,
         checks,
