@@ -116,7 +116,7 @@ pub fn codes_new_across_runs(earlier: &HashSet<String>, obs: &Observations) -> C
     Check::new(
         "unique-codes-across-runs",
         &again,
-        format!("no code of an earlier run ({} codes) again", earlier.len()),
+        format!("none of the earlier runs' {} codes again", earlier.len()),
     )
 }
 
