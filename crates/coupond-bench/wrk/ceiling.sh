@@ -72,7 +72,8 @@ batch=$(curl -fs -X POST "$base/v1/coupon-batches/" \
   -d '{"name":"ceiling","discount_type":"fixed","amount":100,"total_limit":1000000000,"per_user_limit":1,"expires_at":"2099-01-01T00:00:00Z"}' |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 
-export COUPOND_KEY=$key BATCH_ID=$batch PREFIX=c KEYS=$keys
+export COUPOND_KEY=$key BATCH_ID=$batch PREFIX=c
+unset REPLAY_KEYS
 
 # One wrk run; prints "name  requests/s  p99" and fails on any non-2xx answer.
 run() {
@@ -92,5 +93,5 @@ run() {
 
 echo "$backend, $connections connections, $duration each ($(nproc) cores shared with wrk)"
 run issue -s "$here/issue.lua" "$base"
-run replay -s "$here/replay.lua" "$base"
+REPLAY_KEYS=$keys run replay -s "$here/issue.lua" "$base"
 run ping "$base/healthz"
