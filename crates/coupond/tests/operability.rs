@@ -125,21 +125,31 @@ async fn scrape(metrics: &ApiClient) -> (String, BTreeMap<Series, f64>) {
     (text, samples)
 }
 
-async fn metrics_count_a_known_sequence_exactly(backend: Backend) {
-    let _turn = RECORDER.lock().await;
+/// A server with its metrics on a listener of their own, and a client of that listener
+/// holding the server's admin key.
+async fn spawn_with_metrics_listener(backend: Backend) -> (TestApp, ApiClient) {
     let (app, metrics_addr) = TestApp::spawn_with_metrics(backend, |s| {
         s.metrics_bind = Some("127.0.0.1:0".parse().expect("address"));
     })
     .await;
-    assert_ne!(metrics_addr.port(), app.addr.port(), "its own listener");
+    let metrics = ApiClient {
+        addr: metrics_addr,
+        base_url: format!("http://{metrics_addr}"),
+        ..app.client()
+    };
+    (app, metrics)
+}
+
+async fn metrics_count_a_known_sequence_exactly(backend: Backend) {
+    let _turn = RECORDER.lock().await;
+    let (app, metrics) = spawn_with_metrics_listener(backend).await;
+    assert_ne!(metrics.addr.port(), app.addr.port(), "its own listener");
     let (_, read) = app
         .create_key("prometheus", coupond::domain::Scope::Read)
         .await;
     let metrics = ApiClient {
-        http: app.client().http,
-        addr: metrics_addr,
-        base_url: format!("http://{metrics_addr}"),
         api_key: Some(read.clone()),
+        ..metrics
     };
     let anonymous_metrics = ApiClient {
         api_key: None,
@@ -342,39 +352,20 @@ async fn metrics_count_a_known_sequence_exactly(backend: Backend) {
     }
 }
 
-mod metrics_count_a_known_sequence_exactly {
-    #[tokio::test]
-    async fn sqlite() {
-        super::metrics_count_a_known_sequence_exactly(super::Backend::Sqlite).await;
-    }
-
-    #[tokio::test]
-    async fn postgres() {
-        super::metrics_count_a_known_sequence_exactly(super::Backend::Postgres).await;
-    }
-}
+backend_test!(metrics_count_a_known_sequence_exactly);
 
 /// A key retried at a process that did not run it (another server behind the load
 /// balancer, or this one after a restart) is read from the database once; its retries
 /// after that are answered from memory.
 async fn replays_read_from_the_database_are_remembered(backend: Backend) {
     let _turn = RECORDER.lock().await;
-    let (app, metrics_addr) = TestApp::spawn_with_metrics(backend, |s| {
-        s.metrics_bind = Some("127.0.0.1:0".parse().expect("address"));
-    })
-    .await;
+    let (app, metrics) = spawn_with_metrics_listener(backend).await;
     let other = app
         .spawn_sibling(
             |_| {},
             std::sync::Arc::new(coupond::faults::Faults::default()),
         )
         .await;
-    let metrics = ApiClient {
-        http: app.client().http,
-        addr: metrics_addr,
-        base_url: format!("http://{metrics_addr}"),
-        api_key: app.client().api_key,
-    };
     let batch = app.new_batch(&batch_with_limits(10, 1)).await;
     let first = app.issue(batch, "u1", "src-1").await;
     assert_eq!(first.status, 200, "{first:?}");
@@ -405,17 +396,7 @@ async fn replays_read_from_the_database_are_remembered(backend: Backend) {
     app.stop().await;
 }
 
-mod replays_read_from_the_database_are_remembered {
-    #[tokio::test]
-    async fn sqlite() {
-        super::replays_read_from_the_database_are_remembered(super::Backend::Sqlite).await;
-    }
-
-    #[tokio::test]
-    async fn postgres() {
-        super::replays_read_from_the_database_are_remembered(super::Backend::Postgres).await;
-    }
-}
+backend_test!(replays_read_from_the_database_are_remembered);
 
 // ---------------------------------------------------------------------------------------
 // The JSON log
@@ -581,17 +562,7 @@ async fn the_json_log_has_one_line_per_request(backend: Backend) {
     }
 }
 
-mod the_json_log_has_one_line_per_request {
-    #[tokio::test]
-    async fn sqlite() {
-        super::the_json_log_has_one_line_per_request(super::Backend::Sqlite).await;
-    }
-
-    #[tokio::test]
-    async fn postgres() {
-        super::the_json_log_has_one_line_per_request(super::Backend::Postgres).await;
-    }
-}
+backend_test!(the_json_log_has_one_line_per_request);
 
 // ---------------------------------------------------------------------------------------
 // Configuration: `serve --help` and the README
