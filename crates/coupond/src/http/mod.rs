@@ -282,9 +282,7 @@ async fn write_once(
             }
             Ok(render::stored_response(stored, false))
         }
-        WriteOutcome::Replayed(replay) => {
-            Ok(render::stored_response(replay.response().clone(), true))
-        }
+        WriteOutcome::Replayed(replay) => Ok(render::stored_response(replay.into_response(), true)),
         WriteOutcome::FingerprintMismatch => {
             metrics::counter!(crate::metrics::MISMATCHES).increment(1);
             Err(ApiError::body_mismatch())

@@ -184,9 +184,9 @@ pub enum Replay {
 }
 
 impl Replay {
-    pub fn response(&self) -> &StoredResponse {
+    pub fn into_response(self) -> StoredResponse {
         match self {
-            Replay::Record(record) => &record.response,
+            Replay::Record(record) => record.response.clone(),
             Replay::Response(response) => response,
         }
     }
